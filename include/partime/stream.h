@@ -1,0 +1,135 @@
+/* Streams: a model run frame by frame as a pipeline of stages over time, optionally learning.
+ *
+ * Tick contract: every push is one tick. At tick k stage j works on frame k - j, so with D stages
+ * frame t leaves at tick t + D - 1 (pop returns it then). While the pipeline fills, push returns
+ * PT_OK and pop returns PT_AGAIN. drain() runs the D - 1 ticks that bring every frame out; flush()
+ * drops what is in flight. With training on, each stage at each tick backpropagates the gradient
+ * its successor produced at the previous tick through this tick's forward and steps its own
+ * optimizer; bubbles (ticks with no real frame or no real gradient) never train.
+ *
+ * Thread safety: one thread may push while another pops; the other calls belong to the pushing
+ * thread. Outputs and weights do not depend on thread timing. */
+#ifndef PARTIME_STREAM_H
+#define PARTIME_STREAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <partime/model.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum pt_loss {
+  PT_LOSS_NONE = 0,
+  PT_LOSS_CROSS_ENTROPY, /* class index target; softmax of the output (or log of a Softmax node) */
+  PT_LOSS_MSE,           /* tensor target of the output's shape; mean of squared errors */
+  PT_LOSS_RECONSTRUCTION, /* target = the input frame itself (output shape must equal input's) */
+  PT_LOSS_NEXT_FRAME,     /* target = the next input frame; adds one frame of delay */
+} pt_loss;
+
+typedef enum pt_optimizer { PT_OPT_SGD = 0, PT_OPT_ADAM } pt_optimizer;
+
+/* Parses "cross-entropy", "mse", "reconstruction", "next-frame" / "sgd", "adam". */
+pt_status pt_loss_from_string(const char *s, pt_loss *out);
+const char *pt_loss_name(pt_loss l);
+pt_status pt_optimizer_from_string(const char *s, pt_optimizer *out);
+const char *pt_optimizer_name(pt_optimizer o);
+
+typedef struct pt_train_opts {
+  bool enabled;
+  pt_loss loss;
+  pt_optimizer optimizer;
+  float lr;           /* default 1e-3 */
+  float momentum;     /* SGD momentum, default 0.9 */
+  float weight_decay; /* L2, added to the gradient (PyTorch's convention); default 0 */
+  float beta1, beta2, eps; /* Adam; defaults 0.9, 0.999, 1e-8 */
+  int guard_limit;    /* consecutive non-finite updates before the last good weights are restored;
+                         default 3 */
+} pt_train_opts;
+
+typedef struct pt_stream_opts {
+  int stages;          /* D >= 1; 0 means one stage per device */
+  const char *devices; /* "cpu", "cpu,cpu", "cuda:0,cuda:1"; NULL means "cpu" */
+  const char *balance; /* "auto" or node counts "3,4,-1"; NULL means "auto" */
+  bool threaded;       /* run each stage on its own worker thread (default true); false runs the
+                          same schedule on the calling thread, for tests and tools */
+  pt_train_opts train;
+  pt_log_fn log;
+  void *log_user;
+} pt_stream_opts;
+
+/* Fills `o` with the defaults above. */
+void pt_stream_opts_init(pt_stream_opts *o);
+
+typedef struct pt_stream pt_stream;
+
+/* A frame's target for supervised losses: a class index (cross-entropy) or a tensor of the
+ * output's shape (mse). NULL target: the frame does not train the last stage. */
+typedef struct pt_target {
+  int64_t class_index; /* cross-entropy */
+  const float *tensor; /* mse: pt_shape_numel(output) floats, copied at push */
+} pt_target;
+
+/* Builds a stream over `m`. The stream uses `m`'s weights in place and updates them when
+ * training; `m` must outlive the stream. */
+pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, pt_error *err);
+void pt_stream_free(pt_stream *s);
+
+/* Feeds one frame (pt_shape_numel(input) floats, NCHW, copied before return) and runs one tick.
+ * `user` travels with the frame and comes back in its result. */
+pt_status pt_stream_push(pt_stream *s, const float *frame, const pt_target *target, void *user);
+
+typedef struct pt_result {
+  int64_t frame;       /* index of the frame, counted from 0 since creation or the last flush */
+  void *user;          /* what was pushed with it */
+  const float *output; /* pt_shape_numel(output) floats; valid until the next pop */
+  float loss;          /* the frame's loss; NaN when it was not computed */
+  bool trained;        /* whether the last stage learned from this frame */
+  int64_t step;        /* number of updates the last stage has made so far */
+} pt_result;
+
+/* Takes the oldest finished frame: PT_OK, or PT_AGAIN when none is ready. */
+pt_status pt_stream_pop(pt_stream *s, pt_result *r);
+/* Runs the ticks that bring every frame in flight out (their results wait for pop). */
+pt_status pt_stream_drain(pt_stream *s);
+/* Drops every frame in flight and every result not yet popped. */
+pt_status pt_stream_flush(pt_stream *s);
+/* Number of stages D (frame t leaves at tick t + D - 1). */
+int pt_stream_depth(const pt_stream *s);
+/* Frames pushed whose results have not yet been produced. */
+int pt_stream_in_flight(const pt_stream *s);
+/* Switches training on or off at the next tick. */
+pt_status pt_stream_set_training(pt_stream *s, bool on);
+/* Writes the model with the current weights (atomically); waits for the tick in progress. */
+pt_status pt_stream_save(pt_stream *s, const char *path);
+/* The message of this stream's last error. */
+const char *pt_stream_last_error(const pt_stream *s);
+
+#define PT_MAX_STAGES 64
+
+typedef struct pt_stage_stats {
+  int first_node, n_nodes; /* the stage's node range */
+  char device[32];         /* "cpu", "cuda:1" */
+  double busy_s;           /* seconds spent computing */
+  int64_t ticks;           /* ticks with a real frame */
+  int64_t updates;         /* optimizer steps taken */
+} pt_stage_stats;
+
+typedef struct pt_stream_stats {
+  int stages;
+  pt_stage_stats stage[PT_MAX_STAGES];
+  int64_t ticks;          /* pushes so far */
+  double elapsed_s;       /* wall time since the first push */
+  double ticks_per_s;     /* ticks / elapsed_s */
+  int in_flight;
+  int64_t skipped_updates; /* updates skipped by the divergence guard */
+  int64_t restores;        /* times the last good weights were restored */
+} pt_stream_stats;
+
+void pt_stream_get_stats(const pt_stream *s, pt_stream_stats *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

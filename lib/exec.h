@@ -1,0 +1,54 @@
+/* The executor: runs a contiguous range of a model's nodes (a stage, or the whole graph) forward and
+ * backward on the CPU (internal).
+ *
+ * One allocation each for activations, gradients and per-node aux buffers, carved by a size table at
+ * init; nothing is allocated while running. Values the range reads but does not produce (graph
+ * inputs, or a predecessor stage's boundary tensors) are "external": their buffers are supplied by
+ * the caller with pt_exec_bind(), and their gradients, when wanted, are written into buffers the
+ * executor owns (pt_exec_grad()). Parameters are updated in place in the model's values.
+ *
+ * Gradients: pt_exec_backward() expects the caller to have zeroed the gradients
+ * (pt_exec_zero_grad()) and written the gradient of each output it cares about into
+ * pt_exec_grad(x, v); every backward adds (+=) into its inputs' gradients. */
+#ifndef PT_EXEC_H
+#define PT_EXEC_H
+
+#include <stdbool.h>
+#include "graph.h"
+
+typedef struct pt_exec {
+  pt_model *m;
+  int first, end;       /* node range [first, end) */
+  bool train;           /* gradients allocated */
+  float **act;          /* per value: activation buffer (own, bound, or the model's data) */
+  float **grad;         /* per value: gradient buffer, NULL where none is needed */
+  bool *needs_grad;     /* per value */
+  void **aux;           /* per node in range (indexed node - first) */
+  float *scratch;
+  int64_t scratch_floats;
+  float *act_arena, *grad_arena;
+  unsigned char *aux_arena;
+  int *params;          /* parameter values read by nodes in range */
+  int n_params;
+} pt_exec;
+
+/* Prepares to run nodes [first, end). With `train`, gradient buffers exist for every parameter
+ * read in range and every value that depends on one; `grad_external` also asks for gradients of
+ * the external float inputs (a stage that must send a gradient to its predecessor). */
+pt_status pt_exec_init(pt_exec *x, pt_model *m, int first, int end, bool train, bool grad_external,
+                       pt_error *err);
+void pt_exec_free(pt_exec *x);
+
+/* Points an external value at caller-owned memory (read by forward and backward). */
+void pt_exec_bind(pt_exec *x, int value, const float *data);
+float *pt_exec_act(const pt_exec *x, int value);
+float *pt_exec_grad(const pt_exec *x, int value);
+
+void pt_exec_forward(pt_exec *x);
+void pt_exec_zero_grad(pt_exec *x);
+void pt_exec_backward(pt_exec *x);
+
+/* True when value v is read by a node in [first, end) and not produced there. */
+bool pt_exec_is_external(const pt_exec *x, int v);
+
+#endif

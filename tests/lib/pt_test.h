@@ -1,0 +1,50 @@
+/* A tiny test harness: CHECK counts failures and prints where they happen; each test program
+ * ends with PT_TEST_END, which prints "N passed, N failed" and returns non-zero on any failure. */
+#ifndef PT_TEST_H
+#define PT_TEST_H
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static int pt_test_passed, pt_test_failed;
+
+#define CHECK(cond, ...)                                                                           \
+  do {                                                                                             \
+    if (cond) {                                                                                    \
+      pt_test_passed++;                                                                            \
+    } else {                                                                                       \
+      pt_test_failed++;                                                                            \
+      fprintf(stderr, "%s:%d: FAIL: %s: ", __FILE__, __LINE__, #cond);                             \
+      fprintf(stderr, __VA_ARGS__);                                                                \
+      fputc('\n', stderr);                                                                         \
+    }                                                                                              \
+  } while (0)
+
+/* Stops the program when a precondition of later checks fails (a missing fixture, say). */
+#define REQUIRE(cond, ...)                                                                         \
+  do {                                                                                             \
+    CHECK(cond, __VA_ARGS__);                                                                      \
+    if (!(cond)) {                                                                                 \
+      printf("%d passed, %d failed\n", pt_test_passed, pt_test_failed);                            \
+      return 1;                                                                                    \
+    }                                                                                              \
+  } while (0)
+
+#define PT_TEST_END()                                                                              \
+  do {                                                                                             \
+    printf("%d passed, %d failed\n", pt_test_passed, pt_test_failed);                              \
+    return pt_test_failed ? 1 : 0;                                                                 \
+  } while (0)
+
+/* Deterministic random numbers for fixtures (xorshift64*). */
+static inline unsigned long long pt_test_rand_u64(unsigned long long *s) {
+  *s ^= *s >> 12;
+  *s ^= *s << 25;
+  *s ^= *s >> 27;
+  return *s * 2685821657736338717ULL;
+}
+static inline float pt_test_uniform(unsigned long long *s, float lo, float hi) {
+  return lo + (hi - lo) * (float)((pt_test_rand_u64(s) >> 40) / 16777216.0);
+}
+
+#endif
