@@ -45,6 +45,9 @@ float *pt_exec_act(const pt_exec *x, int value);
 float *pt_exec_grad(const pt_exec *x, int value);
 
 void pt_exec_forward(pt_exec *x);
+/* One node of the range (the partitioner times nodes one by one). */
+void pt_exec_forward_node(pt_exec *x, int node);
+void pt_exec_backward_node(pt_exec *x, int node);
 void pt_exec_zero_grad(pt_exec *x);
 void pt_exec_backward(pt_exec *x);
 

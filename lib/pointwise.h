@@ -16,7 +16,8 @@
 #endif
 
 /* Activations: forward from x, backward from x (or y where cheaper) and the incoming gradient. */
-PT_HD static inline float pt_relu_f(float x) { return x > 0.0f ? x : 0.0f; }
+/* NaN passes through (as in PyTorch), so a corrupt frame shows in the loss instead of vanishing */
+PT_HD static inline float pt_relu_f(float x) { return x < 0.0f ? 0.0f : x; }
 PT_HD static inline float pt_relu_b(float x, float dy) { return x > 0.0f ? dy : 0.0f; }
 PT_HD static inline float pt_leaky_relu_f(float x, float a) { return x >= 0.0f ? x : a * x; }
 PT_HD static inline float pt_leaky_relu_b(float x, float a, float dy) {

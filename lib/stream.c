@@ -1,1 +1,1000 @@
-/* placeholder: being written */
+/* The PARTIME engine: stages over time, one worker per stage, learning on every tick.
+ *
+ * Schedule. Tick k is issued by a push (a frame enters stage 0) or by drain (a bubble enters).
+ * At tick k stage j works on whatever entered at tick k - j, reading boundary j-1's buffer
+ * (k-1)%2 and writing boundary j's buffer k%2 (ping-pong: buffers swap roles, nothing is copied
+ * between them). Gradients flow the other way through the same boundaries: stage j reads the
+ * gradient stage j+1 wrote at tick k-1 from gbuf[(k-1)%2] and writes its own into gbuf[k%2] of
+ * boundary j-1. So stage j may start tick k as soon as stages j-1 and j+1 have finished tick k-1:
+ * a local dependency, no global barrier. Results therefore never depend on thread timing, and
+ * running the stages of each tick one after another on one thread (threaded = false) is the exact
+ * emulation of the threaded run.
+ *
+ * Boundaries. Boundary j carries every value produced at or before stage j (or fed as the frame)
+ * and read after it; the graph output counts as read after the last stage. A value crossing
+ * several cuts is copied forward by the stages it passes through, and its gradient is added on the
+ * way back. The last stage's "boundary" holds the output and, as gradient, the loss gradient.
+ *
+ * Training rule (DESIGN §4). A stage updates only when it processed a real frame this tick and the
+ * gradient it received came from a real frame; the flag travels with each gradient buffer. Losses
+ * use the target of the frame the last stage holds (kept with the frame in its slot). A
+ * non-finite loss or gradient skips the update and sends no gradient upstream; guard_limit such
+ * ticks in a row restore the stage's last good weights (a copy refreshed every PT_BACKUP_EVERY
+ * good updates) and reset its optimizer state. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <partime/stream.h>
+#include "exec.h"
+#include "partition.h"
+#include "stream_internal.h"
+
+#define PT_BACKUP_EVERY 64
+#define PT_RESULT_QUEUE 16 /* finished results that may wait for pop beyond those in flight */
+
+typedef enum slot_state { SLOT_FREE, SLOT_IN_FLIGHT, SLOT_DONE, SLOT_POPPED } slot_state;
+
+typedef struct slot {
+  slot_state state;
+  int64_t frame;
+  int64_t entry_tick; /* the tick at which it entered stage 0, -1 while it waits to enter */
+  void *user;
+  float *input;  /* the frame (numel of the input) */
+  float *target; /* mse / next-frame target (numel of the output) */
+  int64_t cls;
+  bool has_target;
+  float *output;
+  float loss;
+  bool trained;
+  int64_t step;
+} slot;
+
+typedef struct boundary {
+  int n;
+  int *vals;
+  int64_t *off; /* offset of each value in the packed buffers */
+  int64_t floats;
+  float *buf[2], *gbuf[2];
+  bool greal[2]; /* gbuf[i] holds a gradient that came from a real frame */
+} boundary;
+
+typedef struct tick_desc {
+  int slot;   /* frame slot entering stage 0 at this tick, -1 for a bubble */
+  bool train; /* training on for this tick */
+} tick_desc;
+
+struct pt_stream;
+
+typedef struct stage {
+  struct pt_stream *s;
+  int j, first, end;
+  pt_exec x;
+  char device[32];
+  int core; /* CPU core to pin to, -1 for none */
+  pthread_t thread;
+  bool thread_started;
+  int64_t done; /* ticks completed */
+  int *ext;     /* external values the nodes read */
+  int n_ext;
+  float *opt_m, *opt_v, *backup; /* per parameter element, in x.params order */
+  int64_t n_param_floats;
+  int64_t opt_step, good_updates;
+  int bad_run;
+  double busy_s, predicted_s;
+  int64_t ticks_real, updates;
+} stage;
+
+struct pt_stream {
+  pt_model *m;
+  pt_stream_opts o;
+  char devices_copy[256];
+  int D;
+  stage *st;
+  boundary *bd; /* bd[j] between stage j and j+1; bd[D-1] is the output */
+  int64_t in_numel, out_numel;
+  int out_classes;
+  bool out_is_prob;
+
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  bool stop;
+  bool threaded;
+  bool train_on;
+
+  tick_desc *ticks;
+  int n_ticks_ring;
+  int64_t issued;           /* ticks issued */
+  int64_t last_frame_tick;  /* tick at which the newest frame entered, -1 if none */
+
+  slot *slots;
+  int n_slots;
+  int64_t next_frame; /* index of the next frame to push */
+  int64_t next_pop;   /* index of the next frame to pop */
+  int held;           /* next-frame loss: slot of the frame waiting for its successor, -1 */
+
+  double t_start;
+  bool started;
+  int64_t skipped, restores;
+  char last_error[PT_ERROR_MAX];
+  pt_error err; /* the first error a worker hit */
+};
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void logf_(pt_stream *s, pt_log_level lvl, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void logf_(pt_stream *s, pt_log_level lvl, const char *fmt, ...) {
+  if (!s->o.log) return;
+  char msg[PT_ERROR_MAX];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  s->o.log(s->o.log_user, lvl, msg);
+}
+
+static pt_status fail(pt_stream *s, pt_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static pt_status fail(pt_stream *s, pt_status code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(s->last_error, sizeof s->last_error, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+/* ---- options ---------------------------------------------------------------------------------- */
+
+void pt_stream_opts_init(pt_stream_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->stages = 1;
+  o->threaded = true;
+  o->train.loss = PT_LOSS_NONE;
+  o->train.optimizer = PT_OPT_SGD;
+  o->train.lr = 1e-3f;
+  o->train.momentum = 0.9f;
+  o->train.beta1 = 0.9f;
+  o->train.beta2 = 0.999f;
+  o->train.eps = 1e-8f;
+  o->train.guard_limit = 3;
+}
+
+static const char *const loss_names[] = {"none", "cross-entropy", "mse", "reconstruction",
+                                         "next-frame"};
+
+pt_status pt_loss_from_string(const char *str, pt_loss *out) {
+  for (int i = 0; i < (int)(sizeof loss_names / sizeof *loss_names); i++)
+    if (str && strcmp(str, loss_names[i]) == 0) {
+      *out = (pt_loss)i;
+      return PT_OK;
+    }
+  return PT_ERR_INVALID;
+}
+
+const char *pt_loss_name(pt_loss l) {
+  return (unsigned)l < sizeof loss_names / sizeof *loss_names ? loss_names[l] : "unknown";
+}
+
+pt_status pt_optimizer_from_string(const char *str, pt_optimizer *out) {
+  if (str && strcmp(str, "sgd") == 0) *out = PT_OPT_SGD;
+  else if (str && strcmp(str, "adam") == 0) *out = PT_OPT_ADAM;
+  else return PT_ERR_INVALID;
+  return PT_OK;
+}
+
+const char *pt_optimizer_name(pt_optimizer o) {
+  return o == PT_OPT_ADAM ? "adam" : "sgd";
+}
+
+/* ---- devices ---------------------------------------------------------------------------------- */
+
+typedef struct device {
+  char name[32];
+  int core;
+} device;
+
+static pt_status parse_devices(const char *list, int want, device *dev, int *n, pt_error *err) {
+  long ncores = sysconf(_SC_NPROCESSORS_ONLN);
+  if (ncores < 1) ncores = 1;
+  *n = 0;
+  if (!list || !*list) { /* one cpu core per stage */
+    for (int i = 0; i < want; i++) {
+      snprintf(dev[i].name, sizeof dev[i].name, "cpu");
+      dev[i].core = (int)(i % ncores);
+    }
+    *n = want;
+    return PT_OK;
+  }
+  int plain_cpus = 0;
+  const char *p = list;
+  while (*p) {
+    size_t len = strcspn(p, ",");
+    char tok[32];
+    if (len == 0 || len >= sizeof tok)
+      return pt_error_set(err, PT_ERR_DEVICE, "devices '%s': empty or overlong device name", list);
+    memcpy(tok, p, len);
+    tok[len] = '\0';
+    if (*n >= PT_MAX_STAGES)
+      return pt_error_set(err, PT_ERR_DEVICE, "devices '%s': more than %d devices", list,
+                          PT_MAX_STAGES);
+    device *d = &dev[(*n)++];
+    snprintf(d->name, sizeof d->name, "%s", tok);
+    if (strcmp(tok, "cpu") == 0) {
+      d->core = (int)(plain_cpus++ % ncores);
+    } else if (strncmp(tok, "cpu:", 4) == 0) {
+      char *end;
+      long c = strtol(tok + 4, &end, 10);
+      if (end == tok + 4 || *end || c < 0 || c >= ncores)
+        return pt_error_set(err, PT_ERR_DEVICE,
+                            "device '%s': no such CPU core (this machine has cores 0-%ld)", tok,
+                            ncores - 1);
+      d->core = (int)c;
+    } else if (strncmp(tok, "cuda", 4) == 0) {
+      return pt_error_set(err, PT_ERR_DEVICE,
+                          "device '%s': this build of libpartime has no CUDA backend", tok);
+    } else {
+      return pt_error_set(err, PT_ERR_DEVICE,
+                          "device '%s': unknown device (expected cpu, cpu:N or cuda:N)", tok);
+    }
+    p += len;
+    if (*p == ',') p++;
+  }
+  return PT_OK;
+}
+
+/* ---- construction ----------------------------------------------------------------------------- */
+
+static int stage_of_node(const pt_stream *s, int node) {
+  for (int j = 0; j < s->D; j++)
+    if (node < s->st[j].end) return j;
+  return s->D - 1;
+}
+
+/* Boundary j: values produced by stages <= j (runtime inputs count as produced before stage 0)
+ * and read by a stage > j, plus the output for every j. */
+static pt_status build_boundaries(pt_stream *s, pt_error *err) {
+  pt_model *m = s->m;
+  int *last_stage = malloc(m->n_vals * sizeof *last_stage);
+  int *prod_stage = malloc(m->n_vals * sizeof *prod_stage);
+  if (!last_stage || !prod_stage) goto nomem;
+  for (int v = 0; v < m->n_vals; v++) {
+    const pt_value *val = &m->vals[v];
+    last_stage[v] = -1;
+    prod_stage[v] = val->producer >= 0 ? stage_of_node(s, val->producer) : -1;
+    if (val->is_int || val->kind == PT_VAL_PARAM || val->kind == PT_VAL_CONST) prod_stage[v] = -2;
+  }
+  for (int i = 0; i < m->n_nodes; i++)
+    for (int k = 0; k < m->nodes[i].n_in; k++) {
+      int v = m->nodes[i].in[k];
+      if (v >= 0) {
+        int js = stage_of_node(s, i);
+        if (js > last_stage[v]) last_stage[v] = js;
+      }
+    }
+  last_stage[m->output] = s->D;
+  for (int j = 0; j < s->D; j++) {
+    boundary *b = &s->bd[j];
+    b->vals = malloc(m->n_vals * sizeof *b->vals);
+    b->off = malloc(m->n_vals * sizeof *b->off);
+    if (!b->vals || !b->off) goto nomem;
+    for (int v = 0; v < m->n_vals; v++) {
+      if (prod_stage[v] == -2) continue;
+      bool cross = (j < s->D - 1) ? (prod_stage[v] <= j && last_stage[v] > j) : (v == m->output);
+      if (!cross) continue;
+      b->vals[b->n] = v;
+      b->off[b->n] = b->floats;
+      b->floats += (m->vals[v].numel + 15) / 16 * 16;
+      b->n++;
+    }
+    for (int i = 0; i < 2; i++) {
+      b->buf[i] = calloc(b->floats ? b->floats : 1, sizeof(float));
+      b->gbuf[i] = calloc(b->floats ? b->floats : 1, sizeof(float));
+      if (!b->buf[i] || !b->gbuf[i]) goto nomem;
+    }
+  }
+  free(last_stage);
+  free(prod_stage);
+  return PT_OK;
+nomem:
+  free(last_stage);
+  free(prod_stage);
+  return pt_error_set(err, PT_ERR_NOMEM, "%s: out of memory allocating stage boundaries", m->name);
+}
+
+static int boundary_index(const boundary *b, int v) {
+  for (int i = 0; i < b->n; i++)
+    if (b->vals[i] == v) return i;
+  return -1;
+}
+
+static pt_status stage_init(pt_stream *s, stage *g, pt_error *err) {
+  pt_model *m = s->m;
+  pt_status st = pt_exec_init(&g->x, m, g->first, g->end, s->o.train.enabled,
+                                s->o.train.enabled && g->j > 0, err);
+  if (st) return st;
+  g->ext = malloc(m->n_vals * sizeof *g->ext);
+  if (!g->ext) goto nomem;
+  for (int v = 0; v < m->n_vals; v++)
+    if (pt_exec_is_external(&g->x, v)) g->ext[g->n_ext++] = v;
+  for (int i = 0; i < g->x.n_params; i++) g->n_param_floats += m->vals[g->x.params[i]].numel;
+  if (g->n_param_floats) {
+    g->opt_m = calloc(g->n_param_floats, sizeof(float));
+    g->opt_v = calloc(g->n_param_floats, sizeof(float));
+    g->backup = malloc(g->n_param_floats * sizeof(float));
+    if (!g->opt_m || !g->opt_v || !g->backup) goto nomem;
+    float *b = g->backup;
+    for (int i = 0; i < g->x.n_params; i++) {
+      const pt_value *val = &m->vals[g->x.params[i]];
+      memcpy(b, val->data, val->numel * sizeof(float));
+      b += val->numel;
+    }
+  }
+  return PT_OK;
+nomem:
+  return pt_error_set(err, PT_ERR_NOMEM, "%s: out of memory allocating stage %d", m->name, g->j);
+}
+
+static void *stage_main(void *arg);
+
+pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, pt_error *err) {
+  *out = NULL;
+  pt_stream_opts defaults;
+  if (!o) {
+    pt_stream_opts_init(&defaults);
+    o = &defaults;
+  }
+  if (m->n_inputs != 1)
+    return pt_error_set(err, PT_ERR_UNSUPPORTED,
+                        "%s: a stream needs a model with exactly one input (this one has %d)",
+                        m->name, m->n_inputs);
+  device dev[PT_MAX_STAGES];
+  int G = 0;
+  int D = o->stages;
+  pt_status st;
+  if (D < 0 || D > PT_MAX_STAGES)
+    return pt_error_set(err, PT_ERR_INVALID, "%d stages: between 1 and %d are supported", D,
+                        PT_MAX_STAGES);
+  if (D == 0 && (!o->devices || !*o->devices)) D = 1;
+  if ((st = parse_devices(o->devices, D, dev, &G, err))) return st;
+  if (D == 0) D = G;
+  if (D > m->n_nodes)
+    return pt_error_set(err, PT_ERR_INVALID, "%d stages asked for but %s has only %d nodes", D,
+                        m->name, m->n_nodes);
+  const pt_train_opts *t = &o->train;
+  if (t->enabled) {
+    if (!(t->lr >= 0) || !isfinite(t->lr))
+      return pt_error_set(err, PT_ERR_INVALID, "learning rate %g: must be >= 0", t->lr);
+    if (t->momentum < 0 || t->momentum >= 1 || t->beta1 < 0 || t->beta1 >= 1 || t->beta2 < 0 ||
+        t->beta2 >= 1 || t->weight_decay < 0)
+      return pt_error_set(err, PT_ERR_INVALID,
+                          "momentum, betas must lie in [0, 1) and weight decay be >= 0");
+  }
+
+  pt_stream *s = calloc(1, sizeof *s);
+  if (!s) return pt_error_set(err, PT_ERR_NOMEM, "out of memory");
+  s->m = m;
+  s->o = *o;
+  if (o->devices) {
+    snprintf(s->devices_copy, sizeof s->devices_copy, "%s", o->devices);
+    s->o.devices = s->devices_copy;
+  }
+  s->o.balance = NULL; /* not kept: only used here */
+  s->D = D;
+  s->threaded = o->threaded;
+  s->train_on = o->train.enabled;
+  s->held = -1;
+  s->last_frame_tick = -1;
+  s->in_numel = m->vals[m->input].numel;
+  s->out_numel = m->vals[m->output].numel;
+  s->out_classes = (int)s->out_numel;
+  s->out_is_prob = m->vals[m->output].producer >= 0 &&
+                   m->nodes[m->vals[m->output].producer].op == PT_OP_SOFTMAX &&
+                   !m->nodes[m->vals[m->output].producer].p.softmax.log;
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->cv, NULL);
+  pt_loss loss = o->train.loss;
+  if ((loss == PT_LOSS_RECONSTRUCTION || loss == PT_LOSS_NEXT_FRAME) && s->in_numel != s->out_numel) {
+    st = pt_error_set(err, PT_ERR_SHAPE,
+                      "%s: loss '%s' compares the output with an input frame, but the output has "
+                      "%lld elements and the input %lld",
+                      m->name, pt_loss_name(loss), (long long)s->out_numel,
+                      (long long)s->in_numel);
+    goto fail;
+  }
+
+  /* Partition. */
+  pt_partition part;
+  double *cost = NULL;
+  const char *balance = o->balance ? o->balance : "auto";
+  if (D > 1 && strcmp(balance, "auto") == 0) {
+    cost = malloc(m->n_nodes * sizeof *cost);
+    if (!cost) {
+      st = pt_error_set(err, PT_ERR_NOMEM, "out of memory");
+      goto fail;
+    }
+    if ((st = pt_measure_node_costs(m, o->train.enabled, cost, err))) {
+      free(cost);
+      goto fail;
+    }
+  }
+  st = pt_partition_make(m, D, D > 1 ? balance : "-1", cost, o->train.enabled, &part, err);
+  free(cost);
+  if (st) goto fail;
+
+  s->st = calloc(D, sizeof *s->st);
+  s->bd = calloc(D, sizeof *s->bd);
+  s->n_ticks_ring = 2 * D + 8;
+  s->ticks = calloc(s->n_ticks_ring, sizeof *s->ticks);
+  s->n_slots = D + 2 + PT_RESULT_QUEUE;
+  s->slots = calloc(s->n_slots, sizeof *s->slots);
+  if (!s->st || !s->bd || !s->ticks || !s->slots) {
+    st = pt_error_set(err, PT_ERR_NOMEM, "out of memory");
+    goto fail;
+  }
+  for (int i = 0; i < s->n_slots; i++) {
+    slot *sl = &s->slots[i];
+    sl->input = calloc(s->in_numel, sizeof(float));
+    sl->output = calloc(s->out_numel, sizeof(float));
+    sl->target = calloc(s->out_numel, sizeof(float));
+    if (!sl->input || !sl->output || !sl->target) {
+      st = pt_error_set(err, PT_ERR_NOMEM, "out of memory allocating frame slots");
+      goto fail;
+    }
+  }
+  for (int j = 0; j < D; j++) {
+    stage *g = &s->st[j];
+    g->s = s;
+    g->j = j;
+    g->first = part.first[j];
+    g->end = part.first[j + 1];
+    g->predicted_s = part.cost[j];
+    int di = (int)((int64_t)j * G / D);
+    snprintf(g->device, sizeof g->device, "%s", dev[di].name);
+    g->core = dev[di].core;
+  }
+  if ((st = build_boundaries(s, err))) goto fail;
+  for (int j = 0; j < D; j++)
+    if ((st = stage_init(s, &s->st[j], err))) goto fail;
+  pt_blas_init();
+  if (s->threaded) {
+    for (int j = 0; j < D; j++) {
+      if (pthread_create(&s->st[j].thread, NULL, stage_main, &s->st[j]) != 0) {
+        st = pt_error_set(err, PT_ERR_NOMEM, "could not start the worker thread of stage %d", j);
+        goto fail;
+      }
+      s->st[j].thread_started = true;
+    }
+  }
+  for (int j = 0; j < D; j++)
+    logf_(s, PT_LOG_INFO, "stage %d: nodes %d-%d on %s (estimated %.3f ms per tick)", j,
+          s->st[j].first, s->st[j].end - 1, s->st[j].device, s->st[j].predicted_s * 1e3);
+  *out = s;
+  return PT_OK;
+fail:
+  pt_stream_free(s);
+  return st;
+}
+
+void pt_stream_free(pt_stream *s) {
+  if (!s) return;
+  pthread_mutex_lock(&s->mu);
+  s->stop = true;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  for (int j = 0; s->st && j < s->D; j++) {
+    stage *g = &s->st[j];
+    if (g->thread_started) pthread_join(g->thread, NULL);
+    pt_exec_free(&g->x);
+    free(g->ext);
+    free(g->opt_m);
+    free(g->opt_v);
+    free(g->backup);
+  }
+  for (int j = 0; s->bd && j < s->D; j++) {
+    boundary *b = &s->bd[j];
+    free(b->vals);
+    free(b->off);
+    for (int i = 0; i < 2; i++) {
+      free(b->buf[i]);
+      free(b->gbuf[i]);
+    }
+  }
+  for (int i = 0; s->slots && i < s->n_slots; i++) {
+    free(s->slots[i].input);
+    free(s->slots[i].output);
+    free(s->slots[i].target);
+  }
+  free(s->slots);
+  free(s->ticks);
+  free(s->st);
+  free(s->bd);
+  pthread_mutex_destroy(&s->mu);
+  pthread_cond_destroy(&s->cv);
+  free(s);
+}
+
+/* ---- one stage, one tick ---------------------------------------------------------------------- */
+
+static bool all_finite(const float *x, int64_t n) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < n; i++) acc += x[i] * 0.0f; /* NaN or Inf poisons the sum */
+  return acc == 0.0f;
+}
+
+static void restore_backup(stage *g) {
+  pt_model *m = g->s->m;
+  const float *b = g->backup;
+  for (int i = 0; i < g->x.n_params; i++) {
+    pt_value *val = &m->vals[g->x.params[i]];
+    memcpy(val->data, b, val->numel * sizeof(float));
+    b += val->numel;
+  }
+  memset(g->opt_m, 0, g->n_param_floats * sizeof(float));
+  memset(g->opt_v, 0, g->n_param_floats * sizeof(float));
+  g->opt_step = 0;
+}
+
+static void take_backup(stage *g) {
+  pt_model *m = g->s->m;
+  float *b = g->backup;
+  for (int i = 0; i < g->x.n_params; i++) {
+    const pt_value *val = &m->vals[g->x.params[i]];
+    memcpy(b, val->data, val->numel * sizeof(float));
+    b += val->numel;
+  }
+}
+
+static void optimizer_step(stage *g) {
+  pt_stream *s = g->s;
+  const pt_train_opts *t = &s->o.train;
+  pt_model *m = s->m;
+  g->opt_step++;
+  int64_t off = 0;
+  for (int i = 0; i < g->x.n_params; i++) {
+    int v = g->x.params[i];
+    pt_value *val = &m->vals[v];
+    const float *gr = pt_exec_grad(&g->x, v);
+    if (t->optimizer == PT_OPT_ADAM)
+      pt_adam_step(val->data, gr, g->opt_m + off, g->opt_v + off, val->numel, t->lr, t->beta1,
+                   t->beta2, t->eps, t->weight_decay, g->opt_step);
+    else
+      pt_sgd_step(val->data, gr, g->opt_m + off, val->numel, t->lr, t->momentum, t->weight_decay);
+    off += val->numel;
+  }
+}
+
+/* The loss of the last stage's output for the frame in slot sl; writes dloss (=). Returns false
+ * when this frame has no target (no gradient). */
+static bool frame_loss(pt_stream *s, slot *sl, const float *out, float *dloss, float *loss) {
+  switch (s->o.train.loss) {
+  case PT_LOSS_CROSS_ENTROPY:
+    if (!sl->has_target) return false;
+    *loss = pt_cross_entropy(dloss, out, sl->cls, s->out_classes, s->out_is_prob);
+    return true;
+  case PT_LOSS_MSE:
+  case PT_LOSS_NEXT_FRAME:
+    if (!sl->has_target) return false;
+    *loss = pt_mse(dloss, out, sl->target, s->out_numel);
+    return true;
+  case PT_LOSS_RECONSTRUCTION: *loss = pt_mse(dloss, out, sl->input, s->out_numel); return true;
+  case PT_LOSS_NONE: return false;
+  }
+  return false;
+}
+
+static void run_tick(stage *g, int64_t k) {
+  pt_stream *s = g->s;
+  pt_model *m = s->m;
+  int j = g->j, D = s->D;
+  /* before tick j, stage j has nothing yet: the fill */
+  static const tick_desc fill = {.slot = -1};
+  const tick_desc *td = k >= j ? &s->ticks[(k - j) % s->n_ticks_ring] : &fill;
+  int cur = (int)(k % 2), prev = (int)((k + 1) % 2);
+  boundary *in = j > 0 ? &s->bd[j - 1] : NULL;
+  boundary *out = &s->bd[j];
+  if (in) in->greal[cur] = false; /* the gradient this stage sends at tick k, until proven real */
+  if (td->slot < 0) {
+    if (j == D - 1) out->greal[cur] = false;
+    return; /* a bubble */
+  }
+  slot *sl = &s->slots[td->slot];
+  double t0 = now_s();
+  g->ticks_real++;
+
+  /* Bind the inputs and the outputs that cross to the next stage (written in place). */
+  for (int i = 0; i < g->n_ext; i++) {
+    int v = g->ext[i];
+    if (!in) {
+      pt_exec_bind(&g->x, v, sl->input);
+    } else {
+      int bi = boundary_index(in, v);
+      pt_exec_bind(&g->x, v, in->buf[prev] + in->off[bi]);
+    }
+  }
+  for (int i = 0; i < out->n; i++) {
+    int v = out->vals[i];
+    const pt_value *val = &m->vals[v];
+    if (val->producer >= g->first && val->producer < g->end) {
+      pt_exec_bind(&g->x, v, out->buf[cur] + out->off[i]);
+    } else { /* passes through this stage */
+      const float *src = in ? in->buf[prev] + in->off[boundary_index(in, v)] : sl->input;
+      memcpy(out->buf[cur] + out->off[i], src, val->numel * sizeof(float));
+    }
+  }
+  pt_exec_forward(&g->x);
+
+  bool train = td->train && s->o.train.enabled && s->o.train.loss != PT_LOSS_NONE;
+  bool grad_real = false, bad = false;
+  const float *delta = NULL; /* gradient of this stage's outgoing values, packed like out */
+  if (j == D - 1) {
+    const float *o = out->buf[cur] + out->off[0];
+    memcpy(sl->output, o, s->out_numel * sizeof(float));
+    float *dl = out->gbuf[cur];
+    float loss = NAN;
+    /* the loss is reported whenever a target exists, training or not (an anomaly score) */
+    if (s->o.train.loss != PT_LOSS_NONE && frame_loss(s, sl, o, dl, &loss)) {
+      sl->loss = loss;
+      if (train) {
+        grad_real = isfinite(loss);
+        bad = !grad_real;
+      }
+    }
+    delta = dl;
+  } else if (train) {
+    grad_real = out->greal[prev];
+    delta = out->gbuf[prev];
+  }
+
+  if (train && grad_real) {
+    pt_exec_zero_grad(&g->x);
+    for (int i = 0; i < out->n; i++) {
+      int v = out->vals[i];
+      float *gv = pt_exec_grad(&g->x, v);
+      const pt_value *val = &m->vals[v];
+      if (gv && val->producer >= g->first && val->producer < g->end)
+        memcpy(gv, delta + out->off[i], val->numel * sizeof(float));
+    }
+    pt_exec_backward(&g->x);
+    bool finite = true;
+    for (int i = 0; i < g->x.n_params && finite; i++) {
+      int v = g->x.params[i];
+      finite = all_finite(pt_exec_grad(&g->x, v), m->vals[v].numel);
+    }
+    if (in) { /* the gradient for the predecessor: own backward plus what passed through */
+      float *gout = in->gbuf[cur];
+      for (int i = 0; i < in->n; i++) {
+        int v = in->vals[i];
+        int64_t nel = m->vals[v].numel;
+        float *dst = gout + in->off[i];
+        const float *gv = pt_exec_grad(&g->x, v);
+        if (gv) memcpy(dst, gv, nel * sizeof(float));
+        else memset(dst, 0, nel * sizeof(float));
+        int oi = boundary_index(out, v);
+        if (oi >= 0)
+          for (int64_t e = 0; e < nel; e++) dst[e] += delta[out->off[oi] + e];
+      }
+      if (finite) finite = all_finite(gout, in->floats);
+      in->greal[cur] = finite;
+    }
+    if (finite) {
+      optimizer_step(g);
+      g->updates++;
+      g->bad_run = 0;
+      if (++g->good_updates % PT_BACKUP_EVERY == 0) take_backup(g);
+      if (j == D - 1) sl->trained = true;
+    } else {
+      bad = true;
+    }
+  }
+  if (bad) {
+    g->bad_run++;
+    pthread_mutex_lock(&s->mu);
+    s->skipped++;
+    pthread_mutex_unlock(&s->mu);
+  }
+  if (j == D - 1) {
+    out->greal[cur] = false; /* the loss gradient is consumed here, never read by another stage */
+    sl->step = g->updates;
+  }
+  if (g->bad_run >= s->o.train.guard_limit && s->o.train.guard_limit > 0) {
+    restore_backup(g);
+    g->bad_run = 0;
+    pthread_mutex_lock(&s->mu);
+    s->restores++;
+    pthread_mutex_unlock(&s->mu);
+    logf_(s, PT_LOG_WARNING,
+          "stage %d: %d non-finite updates in a row; restored its last good weights", j,
+          s->o.train.guard_limit);
+  }
+  g->busy_s += now_s() - t0;
+}
+
+/* A stage may run tick k once stages j-1 and j+1 have finished tick k-1. Caller holds mu. */
+static bool ready(const pt_stream *s, const stage *g, int64_t k) {
+  if (k >= s->issued) return false;
+  if (g->j > 0 && s->st[g->j - 1].done < k) return false;
+  if (g->j < s->D - 1 && s->st[g->j + 1].done < k) return false;
+  return true;
+}
+
+static void finish_tick(stage *g, int64_t k) {
+  pt_stream *s = g->s;
+  g->done = k + 1;
+  if (g->j == s->D - 1 && k >= g->j) {
+    const tick_desc *td = &s->ticks[(k - g->j) % s->n_ticks_ring];
+    if (td->slot >= 0) s->slots[td->slot].state = SLOT_DONE;
+  }
+}
+
+static void pin(stage *g) {
+#ifdef __linux__
+  if (g->core < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(g->core, &set);
+  if (pthread_setaffinity_np(pthread_self(), sizeof set, &set) != 0)
+    logf_(g->s, PT_LOG_DEBUG, "stage %d: could not pin to core %d", g->j, g->core);
+#endif
+}
+
+static void *stage_main(void *arg) {
+  stage *g = arg;
+  pt_stream *s = g->s;
+  pin(g);
+  pthread_mutex_lock(&s->mu);
+  for (;;) {
+    while (!s->stop && !ready(s, g, g->done)) pthread_cond_wait(&s->cv, &s->mu);
+    if (s->stop) break;
+    int64_t k = g->done;
+    pthread_mutex_unlock(&s->mu);
+    run_tick(g, k);
+    pthread_mutex_lock(&s->mu);
+    finish_tick(g, k);
+    pthread_cond_broadcast(&s->cv);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
+/* ---- the caller's side ------------------------------------------------------------------------ */
+
+/* Issues one tick with `slot_index` (or -1) entering stage 0; runs it in place when unthreaded. */
+static void issue_tick(pt_stream *s, int slot_index) {
+  pthread_mutex_lock(&s->mu);
+  /* the descriptor ring slot must have been read by every stage */
+  while (s->threaded && s->issued - s->st[s->D - 1].done >= s->n_ticks_ring - s->D)
+    pthread_cond_wait(&s->cv, &s->mu);
+  int64_t k = s->issued;
+  s->ticks[k % s->n_ticks_ring].slot = slot_index;
+  s->ticks[k % s->n_ticks_ring].train = s->train_on;
+  if (slot_index >= 0) {
+    s->last_frame_tick = k;
+    s->slots[slot_index].entry_tick = k;
+  }
+  s->issued++;
+  if (s->threaded) {
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return;
+  }
+  pthread_mutex_unlock(&s->mu);
+  for (int j = 0; j < s->D; j++) {
+    run_tick(&s->st[j], k);
+    finish_tick(&s->st[j], k);
+  }
+}
+
+static void wait_idle(pt_stream *s) {
+  pthread_mutex_lock(&s->mu);
+  for (;;) {
+    bool idle = true;
+    for (int j = 0; j < s->D; j++)
+      if (s->st[j].done < s->issued) idle = false;
+    if (idle) break;
+    pthread_cond_wait(&s->cv, &s->mu);
+  }
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* Takes the slot of frame `frame`, waiting while it is still in use. */
+static int take_slot(pt_stream *s, int64_t frame, pt_status *st) {
+  int i = (int)(frame % s->n_slots);
+  pthread_mutex_lock(&s->mu);
+  while (s->slots[i].state != SLOT_FREE) {
+    if (s->slots[i].state != SLOT_IN_FLIGHT) {
+      /* a result waits for pop: only the caller can free it, waiting could last forever */
+      pthread_mutex_unlock(&s->mu);
+      *st = PT_AGAIN;
+      fail(s, PT_AGAIN, "%d results are waiting: pop before pushing more", s->n_slots - s->D);
+      return -1;
+    }
+    pthread_cond_wait(&s->cv, &s->mu);
+  }
+  s->slots[i].state = SLOT_IN_FLIGHT;
+  pthread_mutex_unlock(&s->mu);
+  return i;
+}
+
+pt_status pt_stream_push(pt_stream *s, const float *frame, const pt_target *target, void *user) {
+  if (!frame) return fail(s, PT_ERR_INVALID, "push: no frame");
+  if (target && s->o.train.loss == PT_LOSS_CROSS_ENTROPY &&
+      (target->class_index < 0 || target->class_index >= s->out_classes))
+    return fail(s, PT_ERR_INVALID, "push: class %lld is outside the model's %d classes",
+                (long long)target->class_index, s->out_classes);
+  pt_status st = PT_OK;
+  int i = take_slot(s, s->next_frame, &st);
+  if (i < 0) return st;
+  if (!s->started) {
+    s->started = true;
+    s->t_start = now_s();
+  }
+  slot *sl = &s->slots[i];
+  sl->frame = s->next_frame++;
+  sl->entry_tick = -1;
+  sl->user = user;
+  sl->loss = NAN;
+  sl->trained = false;
+  sl->step = 0;
+  sl->has_target = false;
+  memcpy(sl->input, frame, s->in_numel * sizeof(float));
+  if (target) {
+    sl->cls = target->class_index;
+    if (target->tensor && s->o.train.loss == PT_LOSS_MSE) {
+      memcpy(sl->target, target->tensor, s->out_numel * sizeof(float));
+      sl->has_target = true;
+    } else if (s->o.train.loss == PT_LOSS_CROSS_ENTROPY) {
+      sl->has_target = true;
+    }
+  }
+  if (s->o.train.loss == PT_LOSS_NEXT_FRAME) {
+    /* a frame enters once its successor, its target, is known */
+    int h = s->held;
+    s->held = i;
+    if (h < 0) return PT_OK;
+    memcpy(s->slots[h].target, frame, s->out_numel * sizeof(float));
+    s->slots[h].has_target = true;
+    issue_tick(s, h);
+    return PT_OK;
+  }
+  issue_tick(s, i);
+  return PT_OK;
+}
+
+pt_status pt_stream_pop(pt_stream *s, pt_result *r) {
+  pthread_mutex_lock(&s->mu);
+  /* the previous result's memory is released now */
+  int prev = (int)((s->next_pop + s->n_slots - 1) % s->n_slots);
+  if (s->next_pop > 0 && s->slots[prev].state == SLOT_POPPED) {
+    s->slots[prev].state = SLOT_FREE;
+    pthread_cond_broadcast(&s->cv);
+  }
+  int i = (int)(s->next_pop % s->n_slots);
+  slot *sl = &s->slots[i];
+  /* wait for the frame only when the tick that finishes it has been issued */
+  while (s->threaded && sl->state == SLOT_IN_FLIGHT && sl->frame == s->next_pop &&
+         sl->entry_tick >= 0 && sl->entry_tick + s->D - 1 < s->issued)
+    pthread_cond_wait(&s->cv, &s->mu);
+  if (sl->state != SLOT_DONE || sl->frame != s->next_pop) {
+    pthread_mutex_unlock(&s->mu);
+    return PT_AGAIN;
+  }
+  sl->state = SLOT_POPPED;
+  s->next_pop++;
+  pthread_mutex_unlock(&s->mu);
+  r->frame = sl->frame;
+  r->user = sl->user;
+  r->output = sl->output;
+  r->loss = sl->loss;
+  r->trained = sl->trained;
+  r->step = sl->step;
+  return PT_OK;
+}
+
+pt_status pt_stream_drain(pt_stream *s) {
+  if (s->held >= 0) { /* next-frame: the last frame has no successor, it goes in untrained */
+    int h = s->held;
+    s->held = -1;
+    s->slots[h].has_target = false;
+    issue_tick(s, h);
+  }
+  while (s->last_frame_tick >= 0 && s->issued < s->last_frame_tick + s->D) issue_tick(s, -1);
+  wait_idle(s);
+  return PT_OK;
+}
+
+pt_status pt_stream_flush(pt_stream *s) {
+  wait_idle(s);
+  pthread_mutex_lock(&s->mu);
+  for (int i = 0; i < s->n_slots; i++) s->slots[i].state = SLOT_FREE;
+  for (int j = 0; j < s->D; j++) {
+    s->st[j].done = 0;
+    s->bd[j].greal[0] = s->bd[j].greal[1] = false;
+  }
+  s->issued = 0;
+  s->last_frame_tick = -1;
+  s->next_frame = 0;
+  s->next_pop = 0;
+  s->held = -1;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  return PT_OK;
+}
+
+int pt_stream_depth(const pt_stream *s) {
+  return s->D;
+}
+
+int pt_stream_in_flight(const pt_stream *s) {
+  pt_stream *w = (pt_stream *)s;
+  pthread_mutex_lock(&w->mu);
+  int n = 0;
+  for (int i = 0; i < s->n_slots; i++)
+    if (s->slots[i].state == SLOT_IN_FLIGHT) n++;
+  pthread_mutex_unlock(&w->mu);
+  return n;
+}
+
+pt_status pt_stream_set_training(pt_stream *s, bool on) {
+  if (on && (!s->o.train.enabled || s->o.train.loss == PT_LOSS_NONE))
+    return fail(s, PT_ERR_STATE, "training was not configured when the stream was created");
+  pthread_mutex_lock(&s->mu);
+  s->train_on = on;
+  pthread_mutex_unlock(&s->mu);
+  return PT_OK;
+}
+
+pt_status pt_stream_save(pt_stream *s, const char *path) {
+  wait_idle(s);
+  pt_error err;
+  pt_error_clear(&err);
+  pt_status st = pt_model_save(s->m, path, &err);
+  if (st) fail(s, st, "%s", err.msg);
+  return st;
+}
+
+const float *pt_stream_param_grad(const pt_stream *s, int value) {
+  for (int j = 0; j < s->D; j++)
+    for (int i = 0; i < s->st[j].x.n_params; i++)
+      if (s->st[j].x.params[i] == value) return pt_exec_grad(&s->st[j].x, value);
+  return NULL;
+}
+
+const char *pt_stream_last_error(const pt_stream *s) {
+  return s->last_error;
+}
+
+void pt_stream_get_stats(const pt_stream *s, pt_stream_stats *st) {
+  pt_stream *w = (pt_stream *)s;
+  memset(st, 0, sizeof *st);
+  pthread_mutex_lock(&w->mu);
+  st->stages = s->D;
+  for (int j = 0; j < s->D; j++) {
+    const stage *g = &s->st[j];
+    pt_stage_stats *o = &st->stage[j];
+    o->first_node = g->first;
+    o->n_nodes = g->end - g->first;
+    snprintf(o->device, sizeof o->device, "%s", g->device);
+    o->busy_s = g->busy_s;
+    o->predicted_s = g->predicted_s;
+    o->ticks = g->ticks_real;
+    o->updates = g->updates;
+  }
+  st->ticks = s->issued;
+  st->elapsed_s = s->started ? now_s() - s->t_start : 0;
+  st->ticks_per_s = st->elapsed_s > 0 ? s->issued / st->elapsed_s : 0;
+  st->skipped_updates = s->skipped;
+  st->restores = s->restores;
+  pthread_mutex_unlock(&w->mu);
+  st->in_flight = pt_stream_in_flight(s);
+}

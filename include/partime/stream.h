@@ -40,7 +40,7 @@ typedef struct pt_train_opts {
   bool enabled;
   pt_loss loss;
   pt_optimizer optimizer;
-  float lr;           /* default 1e-3 */
+  float lr;           /* default 1e-3; 0 freezes the weights while gradients still flow */
   float momentum;     /* SGD momentum, default 0.9 */
   float weight_decay; /* L2, added to the gradient (PyTorch's convention); default 0 */
   float beta1, beta2, eps; /* Adam; defaults 0.9, 0.999, 1e-8 */
@@ -77,7 +77,8 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
 void pt_stream_free(pt_stream *s);
 
 /* Feeds one frame (pt_shape_numel(input) floats, NCHW, copied before return) and runs one tick.
- * `user` travels with the frame and comes back in its result. */
+ * `user` travels with the frame and comes back in its result. Returns PT_AGAIN, taking nothing,
+ * when the results of depth + 18 frames wait to be popped: pop, then push again. */
 pt_status pt_stream_push(pt_stream *s, const float *frame, const pt_target *target, void *user);
 
 typedef struct pt_result {
@@ -89,7 +90,10 @@ typedef struct pt_result {
   int64_t step;        /* number of updates the last stage has made so far */
 } pt_result;
 
-/* Takes the oldest finished frame: PT_OK, or PT_AGAIN when none is ready. */
+/* Takes the oldest frame's result: PT_OK, or PT_AGAIN when it is not finished and the tick that
+ * finishes it has not been issued yet (the pipeline is filling). When that tick has been issued,
+ * pop waits for the stage workers to finish it, so after pushing frame k pop returns frame
+ * k - D + 1, exactly as the tick contract says. */
 pt_status pt_stream_pop(pt_stream *s, pt_result *r);
 /* Runs the ticks that bring every frame in flight out (their results wait for pop). */
 pt_status pt_stream_drain(pt_stream *s);
@@ -112,6 +116,7 @@ typedef struct pt_stage_stats {
   int first_node, n_nodes; /* the stage's node range */
   char device[32];         /* "cpu", "cuda:1" */
   double busy_s;           /* seconds spent computing */
+  double predicted_s;      /* the partitioner's cost estimate per tick (seconds) */
   int64_t ticks;           /* ticks with a real frame */
   int64_t updates;         /* optimizer steps taken */
 } pt_stage_stats;

@@ -1,0 +1,380 @@
+/* Single-core convolution benchmark: libpartime's CPU convolution (im2col + OpenBLAS sgemm) against
+ * oneDNN's convolution primitive, batch 1, on a few layer shapes, plus the raw single-core
+ * cblas_sgemm rate on a 1024^3 product as the ceiling the gemm path can reach.
+ *
+ * oneDNN runs twice: on plain NCHW / OIHW tensors (what the executor holds, so no reorders are
+ * needed) and on the blocked layouts it prefers ("any"), which shows its best case but would need
+ * reorders at every boundary with the rest of the library; those reorders are not timed.
+ *
+ * Everything runs on one thread. OpenMP (oneDNN) and OpenBLAS read their thread counts from the
+ * environment when they load, so the program re-executes itself with OMP_NUM_THREADS=1 and
+ * OPENBLAS_NUM_THREADS=1 when they are not set. Usage: conv_bench [seconds per measurement]. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <cblas.h>
+#include <dnnl.h>
+#include "cpu/ops.h"
+
+static double min_seconds = 0.3;
+
+/* Process CPU time rather than wall time: on a shared machine it leaves out the time other
+ * programs hold the core, and with one thread per library it equals the wall time of an idle
+ * machine. */
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+typedef void (*bench_fn)(void *ctx);
+
+/* Seconds per call: the best of 5 rounds, each long enough to be timed reliably. */
+static double time_call(bench_fn fn, void *ctx) {
+  fn(ctx); /* warm up: first-touch, JIT, caches */
+  int reps = 1;
+  for (;;) {
+    double t0 = now();
+    for (int i = 0; i < reps; i++) fn(ctx);
+    double t = now() - t0;
+    if (t >= min_seconds / 5 || reps >= (1 << 20)) break;
+    reps *= 2;
+  }
+  double best = 1e30;
+  for (int round = 0; round < 5; round++) {
+    double t0 = now();
+    for (int i = 0; i < reps; i++) fn(ctx);
+    double t = (now() - t0) / reps;
+    if (t < best) best = t;
+  }
+  return best;
+}
+
+static void report(const char *what, double sec, double flops) {
+  printf("  %-58s %8.3f ms  %6.1f GFLOP/s\n", what, sec * 1e3, flops / sec * 1e-9);
+}
+
+static void fill(float *x, size_t n, unsigned *s) {
+  for (size_t i = 0; i < n; i++) {
+    *s = *s * 1664525u + 1013904223u;
+    x[i] = (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
+  }
+}
+
+/* ---- libpartime ---- */
+
+typedef struct pt_ctx {
+  pt_conv_params p;
+  float *x, *w, *b, *y, *dx, *dw, *db, *dy, *scratch;
+} pt_ctx;
+
+static void pt_fwd(void *c) {
+  pt_ctx *k = c;
+  pt_conv2d_forward(k->y, k->x, k->w, k->b, &k->p, k->scratch);
+}
+static void pt_bwd_data(void *c) {
+  pt_ctx *k = c;
+  pt_conv2d_backward(k->dx, NULL, NULL, k->dy, k->x, k->w, &k->p, k->scratch);
+}
+static void pt_bwd_weights(void *c) {
+  pt_ctx *k = c;
+  pt_conv2d_backward(NULL, k->dw, k->db, k->dy, k->x, k->w, &k->p, k->scratch);
+}
+static void pt_bwd_all(void *c) {
+  pt_ctx *k = c;
+  pt_conv2d_backward(k->dx, k->dw, k->db, k->dy, k->x, k->w, &k->p, k->scratch);
+}
+
+/* ---- oneDNN ---- */
+
+#define DNNL_TRY(call)                                                                             \
+  do {                                                                                             \
+    dnnl_status_t st_ = (call);                                                                    \
+    if (st_ != dnnl_success) {                                                                     \
+      fprintf(stderr, "%s:%d: %s failed (status %d)\n", __FILE__, __LINE__, #call, (int)st_);      \
+      return -1;                                                                                   \
+    }                                                                                              \
+  } while (0)
+
+/* A sequence of primitives run back to back (reorders around a convolution, or one primitive). */
+#define DNNL_MAX_STEPS 8
+typedef struct dnnl_ctx {
+  dnnl_stream_t stream;
+  int n;
+  dnnl_primitive_t prim[DNNL_MAX_STEPS];
+  int nargs[DNNL_MAX_STEPS];
+  dnnl_exec_arg_t args[DNNL_MAX_STEPS][4];
+} dnnl_ctx;
+
+static void dnnl_run(void *c) {
+  dnnl_ctx *k = c;
+  for (int i = 0; i < k->n; i++)
+    dnnl_primitive_execute(k->prim[i], k->stream, k->nargs[i], k->args[i]);
+  dnnl_stream_wait(k->stream);
+}
+
+static void dnnl_ctx_free(dnnl_ctx *k) {
+  for (int i = 0; i < k->n; i++) dnnl_primitive_destroy(k->prim[i]);
+  k->n = 0;
+}
+
+/* Appends primitive `pd` with its arguments to k. */
+static int dnnl_step(dnnl_ctx *k, dnnl_primitive_desc_t pd, int nargs,
+                     const dnnl_exec_arg_t *args) {
+  if (k->n == DNNL_MAX_STEPS || dnnl_primitive_create(&k->prim[k->n], pd) != dnnl_success)
+    return -1;
+  k->nargs[k->n] = nargs;
+  memcpy(k->args[k->n], args, sizeof(dnnl_exec_arg_t) * nargs);
+  k->n++;
+  return 0;
+}
+
+/* Appends a reorder from memory `from` to memory `to`. */
+static int dnnl_reorder_step(dnnl_ctx *k, dnnl_memory_t from, dnnl_memory_t to, dnnl_engine_t eng) {
+  const dnnl_memory_desc_t *fmd, *tmd;
+  dnnl_primitive_desc_t pd;
+  dnnl_memory_get_memory_desc(from, &fmd);
+  dnnl_memory_get_memory_desc(to, &tmd);
+  if (dnnl_reorder_primitive_desc_create(&pd, fmd, eng, tmd, eng, NULL) != dnnl_success) return -1;
+  dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+  int rc = dnnl_step(k, pd, 2, args);
+  dnnl_primitive_desc_destroy(pd);
+  return rc;
+}
+
+typedef struct dnnl_shape {
+  dnnl_dims_t src, wei, bia, dst, strides, pad_l, pad_r;
+} dnnl_shape;
+
+static dnnl_shape dnnl_shape_of(const pt_conv_params *p) {
+  dnnl_shape s = {{p->N, p->C, p->H, p->W},
+                  {p->OC, p->C, p->KH, p->KW},
+                  {p->OC},
+                  {p->N, p->OC, p->OH, p->OW},
+                  {p->SH, p->SW},
+                  {p->PT, p->PL},
+                  {p->PB, p->PR}};
+  return s;
+}
+
+/* A memory object with descriptor md (NULL: none), filled with random data. */
+static dnnl_memory_t dnnl_mem(const dnnl_memory_desc_t *md, dnnl_engine_t eng, unsigned *seed) {
+  dnnl_memory_t m = NULL;
+  if (!md || dnnl_memory_create(&m, md, eng, DNNL_MEMORY_ALLOCATE) != dnnl_success) return NULL;
+  void *h = NULL;
+  dnnl_memory_get_data_handle(m, &h);
+  fill(h, dnnl_memory_desc_get_size(md) / sizeof(float), seed);
+  return m;
+}
+
+static const dnnl_memory_desc_t *dnnl_md(dnnl_primitive_desc_t pd, dnnl_query_t what, int i) {
+  return dnnl_primitive_desc_query_md(pd, what, i);
+}
+
+static const char *dnnl_impl(dnnl_primitive_desc_t pd) {
+  const char *s = "?";
+  dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &s);
+  return s;
+}
+
+/* Times oneDNN's forward, backward data and backward weights on plain NCHW tensors, then on the
+ * layouts it prefers (the forward also with the reorders from and to NCHW that using them inside
+ * an NCHW library would take: input, weights, which change every training step, and output). */
+static int bench_dnnl(const pt_conv_params *p, double flops, dnnl_engine_t eng,
+                      dnnl_stream_t stream) {
+  dnnl_shape s = dnnl_shape_of(p);
+  unsigned seed = 7;
+  dnnl_memory_desc_t src, wei, bia, dst, src_any, wei_any, dst_any;
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&src, 4, s.src, dnnl_f32, dnnl_nchw));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&wei, 4, s.wei, dnnl_f32, dnnl_oihw));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&bia, 1, s.bia, dnnl_f32, dnnl_x));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&dst, 4, s.dst, dnnl_f32, dnnl_nchw));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&src_any, 4, s.src, dnnl_f32, dnnl_format_tag_any));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&wei_any, 4, s.wei, dnnl_f32, dnnl_format_tag_any));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&dst_any, 4, s.dst, dnnl_f32, dnnl_format_tag_any));
+  /* NCHW copies for the reorder measurement */
+  dnnl_memory_t plain_src = dnnl_mem(&src, eng, &seed), plain_wei = dnnl_mem(&wei, eng, &seed);
+  dnnl_memory_t plain_dst = dnnl_mem(&dst, eng, &seed), plain_dx = dnnl_mem(&src, eng, &seed);
+  dnnl_memory_t plain_dw = dnnl_mem(&wei, eng, &seed);
+  if (!plain_src || !plain_wei || !plain_dst || !plain_dx || !plain_dw) return -1;
+
+  for (int any = 0; any < 2; any++) {
+    const char *layout = any ? "blocked" : "NCHW";
+    char what[128];
+    dnnl_convolution_desc_t fd, bdd, bwd;
+    DNNL_TRY(dnnl_convolution_forward_desc_init(
+        &fd, dnnl_forward_training, dnnl_convolution_direct, any ? &src_any : &src,
+        any ? &wei_any : &wei, &bia, any ? &dst_any : &dst, s.strides, s.pad_l, s.pad_r));
+    dnnl_primitive_desc_t fpd, bdpd, bwpd;
+    DNNL_TRY(dnnl_primitive_desc_create(&fpd, &fd, NULL, eng, NULL));
+    DNNL_TRY(dnnl_convolution_backward_data_desc_init(
+        &bdd, dnnl_convolution_direct, any ? &src_any : &src, any ? &wei_any : &wei,
+        any ? &dst_any : &dst, s.strides, s.pad_l, s.pad_r));
+    DNNL_TRY(dnnl_primitive_desc_create(&bdpd, &bdd, NULL, eng, fpd));
+    DNNL_TRY(dnnl_convolution_backward_weights_desc_init(
+        &bwd, dnnl_convolution_direct, any ? &src_any : &src, any ? &wei_any : &wei, &bia,
+        any ? &dst_any : &dst, s.strides, s.pad_l, s.pad_r));
+    DNNL_TRY(dnnl_primitive_desc_create(&bwpd, &bwd, NULL, eng, fpd));
+
+    dnnl_memory_t ms = dnnl_mem(dnnl_md(fpd, dnnl_query_src_md, 0), eng, &seed);
+    dnnl_memory_t mw = dnnl_mem(dnnl_md(fpd, dnnl_query_weights_md, 0), eng, &seed);
+    dnnl_memory_t mb = dnnl_mem(dnnl_md(fpd, dnnl_query_weights_md, 1), eng, &seed);
+    dnnl_memory_t md = dnnl_mem(dnnl_md(fpd, dnnl_query_dst_md, 0), eng, &seed);
+    dnnl_memory_t mdd = dnnl_mem(dnnl_md(bdpd, dnnl_query_diff_dst_md, 0), eng, &seed);
+    dnnl_memory_t mds = dnnl_mem(dnnl_md(bdpd, dnnl_query_diff_src_md, 0), eng, &seed);
+    dnnl_memory_t mwd = dnnl_mem(dnnl_md(bwpd, dnnl_query_diff_dst_md, 0), eng, &seed);
+    dnnl_memory_t mws = dnnl_mem(dnnl_md(bwpd, dnnl_query_src_md, 0), eng, &seed);
+    dnnl_memory_t mdw = dnnl_mem(dnnl_md(bwpd, dnnl_query_diff_weights_md, 0), eng, &seed);
+    dnnl_memory_t mdb = dnnl_mem(dnnl_md(bwpd, dnnl_query_diff_weights_md, 1), eng, &seed);
+    dnnl_memory_t mwb = dnnl_mem(dnnl_md(bdpd, dnnl_query_weights_md, 0), eng, &seed);
+    if (!ms || !mw || !mb || !md || !mdd || !mds || !mwd || !mws || !mdw || !mdb || !mwb) return -1;
+
+    dnnl_exec_arg_t fargs[4] = {
+        {DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_BIAS, mb}, {DNNL_ARG_DST, md}};
+    dnnl_ctx k = {.stream = stream};
+    if (dnnl_step(&k, fpd, 4, fargs) != 0) return -1;
+    snprintf(what, sizeof what, "oneDNN forward, %s [%s]", layout, dnnl_impl(fpd));
+    report(what, time_call(dnnl_run, &k), flops);
+    dnnl_ctx_free(&k);
+
+    if (any) {
+      if (dnnl_reorder_step(&k, plain_src, ms, eng) || dnnl_reorder_step(&k, plain_wei, mw, eng) ||
+          dnnl_step(&k, fpd, 4, fargs) || dnnl_reorder_step(&k, md, plain_dst, eng))
+        return -1;
+      report("oneDNN forward, blocked, with reorders from/to NCHW", time_call(dnnl_run, &k), flops);
+      dnnl_ctx_free(&k);
+    }
+
+    dnnl_exec_arg_t dargs[3] = {
+        {DNNL_ARG_DIFF_DST, mdd}, {DNNL_ARG_WEIGHTS, mwb}, {DNNL_ARG_DIFF_SRC, mds}};
+    if (dnnl_step(&k, bdpd, 3, dargs) != 0) return -1;
+    snprintf(what, sizeof what, "oneDNN backward data, %s [%s]", layout, dnnl_impl(bdpd));
+    report(what, time_call(dnnl_run, &k), flops);
+    dnnl_ctx_free(&k);
+
+    dnnl_exec_arg_t wargs[4] = {{DNNL_ARG_SRC, mws},
+                                {DNNL_ARG_DIFF_DST, mwd},
+                                {DNNL_ARG_DIFF_WEIGHTS, mdw},
+                                {DNNL_ARG_DIFF_BIAS, mdb}};
+    if (dnnl_step(&k, bwpd, 4, wargs) != 0) return -1;
+    snprintf(what, sizeof what, "oneDNN backward weights+bias, %s [%s]", layout, dnnl_impl(bwpd));
+    report(what, time_call(dnnl_run, &k), flops);
+    dnnl_ctx_free(&k);
+
+    if (any) {
+      /* the whole backward as an NCHW library would call it */
+      if (dnnl_reorder_step(&k, plain_dst, mdd, eng) ||
+          dnnl_reorder_step(&k, plain_dst, mwd, eng) ||
+          dnnl_reorder_step(&k, plain_src, mws, eng) ||
+          dnnl_reorder_step(&k, plain_wei, mwb, eng) || dnnl_step(&k, bdpd, 3, dargs) ||
+          dnnl_step(&k, bwpd, 4, wargs) || dnnl_reorder_step(&k, mds, plain_dx, eng) ||
+          dnnl_reorder_step(&k, mdw, plain_dw, eng))
+        return -1;
+      report("oneDNN backward all, blocked, with reorders", time_call(dnnl_run, &k), 2 * flops);
+      dnnl_ctx_free(&k);
+    }
+
+    dnnl_memory_t mems[] = {ms, mw, mb, md, mdd, mds, mwd, mws, mdw, mdb, mwb};
+    for (size_t i = 0; i < sizeof mems / sizeof mems[0]; i++) dnnl_memory_destroy(mems[i]);
+    dnnl_primitive_desc_destroy(bwpd);
+    dnnl_primitive_desc_destroy(bdpd);
+    dnnl_primitive_desc_destroy(fpd);
+  }
+  dnnl_memory_destroy(plain_src);
+  dnnl_memory_destroy(plain_wei);
+  dnnl_memory_destroy(plain_dst);
+  dnnl_memory_destroy(plain_dx);
+  dnnl_memory_destroy(plain_dw);
+  return 0;
+}
+
+static void bench_pt(const pt_conv_params *p, double flops) {
+  pt_ctx k = {.p = *p};
+  unsigned seed = 1;
+  size_t xn = (size_t)p->N * p->C * p->H * p->W, yn = (size_t)p->N * p->OC * p->OH * p->OW;
+  size_t wn = (size_t)p->OC * (p->C / p->G) * p->KH * p->KW;
+  size_t sn = (size_t)pt_conv2d_scratch(p);
+  k.x = malloc(xn * 4), k.dx = calloc(xn, 4);
+  k.w = malloc(wn * 4), k.dw = calloc(wn, 4);
+  k.b = malloc(p->OC * 4), k.db = calloc(p->OC, 4);
+  k.y = malloc(yn * 4), k.dy = malloc(yn * 4);
+  k.scratch = malloc((sn ? sn : 1) * 4);
+  fill(k.x, xn, &seed), fill(k.w, wn, &seed), fill(k.b, p->OC, &seed), fill(k.dy, yn, &seed);
+  report("partime forward (im2col + sgemm)", time_call(pt_fwd, &k), flops);
+  report("partime backward data (sgemm + col2im)", time_call(pt_bwd_data, &k), flops);
+  report("partime backward weights+bias (im2col + sgemm)", time_call(pt_bwd_weights, &k), flops);
+  report("partime backward all", time_call(pt_bwd_all, &k), 2 * flops);
+  free(k.x), free(k.dx), free(k.w), free(k.dw), free(k.b), free(k.db), free(k.y), free(k.dy);
+  free(k.scratch);
+}
+
+typedef struct gemm_ctx {
+  int n;
+  float *a, *b, *c;
+} gemm_ctx;
+
+static void gemm_run(void *c) {
+  gemm_ctx *k = c;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, k->n, k->n, k->n, 1.0f, k->a, k->n, k->b,
+              k->n, 0.0f, k->c, k->n);
+}
+
+int main(int argc, char **argv) {
+  if (!getenv("OMP_NUM_THREADS") || !getenv("OPENBLAS_NUM_THREADS")) {
+    setenv("OMP_NUM_THREADS", "1", 0);
+    setenv("OPENBLAS_NUM_THREADS", "1", 0);
+    execv("/proc/self/exe", argv);
+    perror("re-executing with one thread");
+  }
+  if (argc > 1) min_seconds = atof(argv[1]);
+  pt_blas_init();
+  printf("threads: OMP_NUM_THREADS=%s OPENBLAS_NUM_THREADS=%s, OpenBLAS %d thread(s) [%s]\n",
+         getenv("OMP_NUM_THREADS"), getenv("OPENBLAS_NUM_THREADS"), openblas_get_num_threads(),
+         openblas_get_config());
+  const dnnl_version_t *v = dnnl_version();
+  printf("oneDNN %d.%d.%d, cpu isa %d\n", v->major, v->minor, v->patch,
+         (int)dnnl_get_effective_cpu_isa());
+
+  gemm_ctx g = {1024, NULL, NULL, NULL};
+  unsigned seed = 3;
+  g.a = malloc(sizeof(float) << 20), g.b = malloc(sizeof(float) << 20);
+  g.c = malloc(sizeof(float) << 20);
+  fill(g.a, 1 << 20, &seed), fill(g.b, 1 << 20, &seed);
+  printf("cblas_sgemm 1024x1024x1024, one core:\n");
+  report("sgemm", time_call(gemm_run, &g), 2.0 * 1024 * 1024 * 1024);
+  free(g.a), free(g.b), free(g.c);
+
+  dnnl_engine_t eng;
+  dnnl_stream_t stream;
+  if (dnnl_engine_create(&eng, dnnl_cpu, 0) != dnnl_success ||
+      dnnl_stream_create(&stream, eng, dnnl_stream_default_flags) != dnnl_success) {
+    fprintf(stderr, "no oneDNN CPU engine\n");
+    return 1;
+  }
+
+  static const struct {
+    const char *name;
+    int C, H, W, OC, K;
+  } shapes[] = {
+      {"3x3 conv 32->32 on 64x64, pad 1", 32, 64, 64, 32, 3},
+      {"5x5 conv 32->32 on 64x64, pad 2", 32, 64, 64, 32, 5},
+      {"3x3 conv 16->16 on 32x32, pad 1", 16, 32, 32, 16, 3},
+  };
+  int rc = 0;
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+    int pad = shapes[i].K / 2;
+    pt_conv_params p = {1,           shapes[i].C, shapes[i].H, shapes[i].W, shapes[i].OC,
+                        shapes[i].H, shapes[i].W, shapes[i].K, shapes[i].K, 1,
+                        1,           1,           1,           pad,         pad,
+                        pad,         pad,         1,           true};
+    double flops = 2.0 * p.OC * p.C * p.KH * p.KW * p.OH * p.OW;
+    printf("%s, batch 1 (%.1f MFLOP per pass):\n", shapes[i].name, flops * 1e-6);
+    bench_pt(&p, flops);
+    if (bench_dnnl(&p, flops, eng, stream) != 0) rc = 1;
+  }
+  dnnl_stream_destroy(stream);
+  dnnl_engine_destroy(eng);
+  return rc;
+}

@@ -1,0 +1,263 @@
+/* The partitioner: explicit node counts, or the exact min-max contiguous partition over measured
+ * costs (two dynamic programs: the optimum, then the fewest non-preferred cuts within 5% of it).
+ *
+ * A boundary carries every value produced before the cut and read after it, so the cost of a cut
+ * is the floats crossing it (the graph output counts as read at the very end). Moving a float
+ * between CPU stages costs a copy at most; it is charged at PT_CUT_S_PER_FLOAT, twice when training
+ * (the gradient goes back the same way). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "exec.h"
+#include "partition.h"
+
+#define PT_CUT_S_PER_FLOAT 0.25e-9
+#define PT_PREFERRED_SLACK 1.05
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+pt_status pt_measure_node_costs(pt_model *m, bool train, double *cost, pt_error *err) {
+  pt_exec x;
+  pt_status st = pt_exec_init(&x, m, 0, m->n_nodes, train, false, err);
+  if (st) return st;
+  /* The executor owns no buffer for runtime inputs: feed zeros-plus-noise of the right size. */
+  float **inputs = calloc(m->n_inputs, sizeof *inputs);
+  for (int i = 0; i < m->n_inputs && inputs; i++) {
+    int v = m->inputs[i];
+    inputs[i] = malloc(m->vals[v].numel * sizeof(float));
+    if (!inputs[i]) break;
+    for (int64_t k = 0; k < m->vals[v].numel; k++) inputs[i][k] = (float)((k * 7919) % 255) / 255.f;
+    pt_exec_bind(&x, v, inputs[i]);
+  }
+  enum { REPS = 5 };
+  double *t = calloc((size_t)m->n_nodes * REPS, sizeof *t);
+  if (!inputs || !t) {
+    st = pt_error_set(err, PT_ERR_NOMEM, "%s: out of memory measuring node costs", m->name);
+    goto out;
+  }
+  for (int r = 0; r < REPS + 1; r++) { /* the first round warms caches and is not kept */
+    for (int i = 0; i < m->n_nodes; i++) {
+      double t0 = now_s();
+      pt_exec_forward_node(&x, i);
+      if (r) t[i * REPS + r - 1] = now_s() - t0;
+    }
+    if (train) {
+      pt_exec_zero_grad(&x);
+      float *g = pt_exec_grad(&x, m->output);
+      if (g)
+        for (int64_t k = 0; k < m->vals[m->output].numel; k++) g[k] = 1e-3f;
+      for (int i = m->n_nodes - 1; i >= 0; i--) {
+        double t0 = now_s();
+        pt_exec_backward_node(&x, i);
+        if (r) t[i * REPS + r - 1] += now_s() - t0;
+      }
+    }
+  }
+  for (int i = 0; i < m->n_nodes; i++) {
+    qsort(t + i * REPS, REPS, sizeof *t, cmp_double);
+    cost[i] = t[i * REPS + REPS / 2];
+    /* the optimizer touches every parameter once per tick */
+    if (train)
+      for (int k = 0; k < m->nodes[i].n_in; k++) {
+        int v = m->nodes[i].in[k];
+        if (v >= 0 && m->vals[v].kind == PT_VAL_PARAM) cost[i] += m->vals[v].numel * 2e-9;
+      }
+  }
+out:
+  for (int i = 0; inputs && i < m->n_inputs; i++) free(inputs[i]);
+  free(inputs);
+  free(t);
+  pt_exec_free(&x);
+  return st;
+}
+
+/* Per cut i (after node i): floats crossing it, from each value's producer and last reader. */
+static void cut_floats_all(const pt_model *m, int64_t *out) {
+  int n = m->n_nodes;
+  int64_t *diff = calloc(n + 1, sizeof *diff);
+  if (!diff) {
+    memset(out, 0, n * sizeof *out);
+    return;
+  }
+  for (int v = 0; v < m->n_vals; v++) {
+    const pt_value *val = &m->vals[v];
+    if (val->is_int || val->kind == PT_VAL_PARAM || val->kind == PT_VAL_CONST) continue;
+    int p = val->producer; /* -1: a runtime input, there before node 0 */
+    int last = (v == m->output) ? n : -2;
+    for (int i = p + 1; i < n; i++)
+      for (int k = 0; k < m->nodes[i].n_in; k++)
+        if (m->nodes[i].in[k] == v && i > last) last = i;
+    if (last == -2) continue;            /* read nowhere after its producer */
+    int a = p < 0 ? 0 : p, b = last - 1; /* cuts a..b see it */
+    if (b < a) continue;
+    diff[a] += val->numel;
+    diff[b + 1] -= val->numel;
+  }
+  int64_t run = 0;
+  for (int i = 0; i < n; i++) {
+    run += diff[i];
+    out[i] = run;
+  }
+  free(diff);
+}
+
+int64_t pt_cut_floats(const pt_model *m, int i) {
+  int64_t *all = malloc(m->n_nodes * sizeof *all);
+  if (!all) return 0;
+  cut_floats_all(m, all);
+  int64_t r = all[i];
+  free(all);
+  return r;
+}
+
+bool pt_cut_is_preferred(const pt_model *m, int i) {
+  const pt_node *n = &m->nodes[i];
+  switch (n->op) {
+  case PT_OP_UNARY:
+  case PT_OP_MAXPOOL:
+  case PT_OP_AVGPOOL: return true;
+  case PT_OP_COPY: /* a flatten or reshape right after a preferred cut point keeps it preferred */
+    return n->in[0] >= 0 && m->vals[n->in[0]].producer >= 0 &&
+           pt_cut_is_preferred(m, m->vals[n->in[0]].producer);
+  default: return false;
+  }
+}
+
+static pt_status parse_balance(const pt_model *m, int D, const char *balance, pt_partition *p,
+                               pt_error *err) {
+  int n = m->n_nodes, counts[64], k = 0, rest = -1;
+  const char *s = balance;
+  while (*s) {
+    char *end;
+    long c = strtol(s, &end, 10);
+    if (end == s || (c < 1 && c != -1) || k >= 64)
+      return pt_error_set(err, PT_ERR_INVALID,
+                          "balance '%s': expected 'auto' or node counts like '3,4,-1'", balance);
+    if (c == -1) {
+      if (rest >= 0)
+        return pt_error_set(err, PT_ERR_INVALID, "balance '%s': only one -1 is allowed", balance);
+      rest = k;
+    }
+    counts[k++] = (int)c;
+    s = end;
+    if (*s == ',') s++;
+    else if (*s)
+      return pt_error_set(err, PT_ERR_INVALID, "balance '%s': unexpected '%c'", balance, *s);
+  }
+  if (k != D)
+    return pt_error_set(err, PT_ERR_INVALID, "balance '%s' lists %d stages but %d were asked for",
+                        balance, k, D);
+  int sum = 0;
+  for (int i = 0; i < k; i++)
+    if (i != rest) sum += counts[i];
+  if (rest >= 0) {
+    if (sum >= n)
+      return pt_error_set(err, PT_ERR_INVALID,
+                          "balance '%s': %d nodes before -1 leave nothing of the model's %d", balance,
+                          sum, n);
+    counts[rest] = n - sum;
+    sum = n;
+  }
+  if (sum != n)
+    return pt_error_set(err, PT_ERR_INVALID, "balance '%s' covers %d nodes but %s has %d", balance,
+                        sum, m->name, n);
+  p->first[0] = 0;
+  for (int i = 0; i < D; i++) p->first[i + 1] = p->first[i] + counts[i];
+  return PT_OK;
+}
+
+pt_status pt_partition_make(const pt_model *m, int D, const char *balance, const double *cost,
+                            bool train, pt_partition *p, pt_error *err) {
+  int n = m->n_nodes;
+  memset(p, 0, sizeof *p);
+  p->D = D;
+  if (D < 1 || D > 64)
+    return pt_error_set(err, PT_ERR_INVALID, "%d stages: between 1 and 64 are supported", D);
+  if (D > n)
+    return pt_error_set(err, PT_ERR_INVALID, "%d stages asked for but %s has only %d nodes", D,
+                        m->name, n);
+  pt_status st = PT_OK;
+  double *pre = calloc(n + 1, sizeof *pre), *cut = calloc(n, sizeof *cut);
+  int64_t *cf = calloc(n, sizeof *cf);
+  double *best = calloc((size_t)(D + 1) * (n + 1), sizeof *best);
+  int *arg = calloc((size_t)(D + 1) * (n + 1), sizeof *arg);
+  if (!pre || !cut || !cf || !best || !arg) {
+    st = pt_error_set(err, PT_ERR_NOMEM, "out of memory partitioning %s", m->name);
+    goto out;
+  }
+  cut_floats_all(m, cf);
+  for (int i = 0; i < n; i++) {
+    pre[i + 1] = pre[i] + (cost ? cost[i] : 1.0);
+    cut[i] = cf[i] * PT_CUT_S_PER_FLOAT * (train ? 2 : 1);
+  }
+  p->node_total = pre[n];
+#define B(s, e) best[(size_t)(s) * (n + 1) + (e)]
+#define A(s, e) arg[(size_t)(s) * (n + 1) + (e)]
+  /* stage cost of nodes [a, e): its nodes plus the cut after it (none after the last node) */
+#define SC(a, e) (pre[e] - pre[a] + ((e) < n ? cut[(e) - 1] : 0.0))
+  if (balance && strcmp(balance, "auto") != 0) {
+    st = parse_balance(m, D, balance, p, err);
+  } else {
+    /* B(s, e): the least possible maximum stage cost of nodes [0, e) in s stages */
+    for (int s = 0; s <= D; s++)
+      for (int e = 0; e <= n; e++) B(s, e) = INFINITY;
+    B(0, 0) = 0;
+    for (int s = 1; s <= D; s++)
+      for (int e = s; e <= n - (D - s); e++)
+        for (int a = s - 1; a < e; a++) {
+          double c = fmax(B(s - 1, a), SC(a, e));
+          if (c < B(s, e)) {
+            B(s, e) = c;
+            A(s, e) = a;
+          }
+        }
+    double limit = B(D, n) * PT_PREFERRED_SLACK + 1e-12;
+    /* Second pass: fewest non-preferred cuts among partitions whose every stage fits in limit;
+     * ties broken by the smaller maximum. B now holds (bad cuts, max) packed as bad*1e6 + max. */
+    for (int s = 0; s <= D; s++)
+      for (int e = 0; e <= n; e++) B(s, e) = INFINITY;
+    B(0, 0) = 0;
+    for (int s = 1; s <= D; s++)
+      for (int e = s; e <= n - (D - s); e++)
+        for (int a = s - 1; a < e; a++) {
+          double c = SC(a, e);
+          if (c > limit || !isfinite(B(s - 1, a))) continue;
+          double prev = B(s - 1, a);
+          double bad = floor(prev / 1e6) + (e < n && !pt_cut_is_preferred(m, e - 1) ? 1 : 0);
+          double mx = fmax(prev - floor(prev / 1e6) * 1e6, c);
+          double v = bad * 1e6 + mx;
+          if (v < B(s, e)) {
+            B(s, e) = v;
+            A(s, e) = a;
+          }
+        }
+    p->first[D] = n;
+    for (int s = D, e = n; s > 0; s--) {
+      e = A(s, e);
+      p->first[s - 1] = e;
+    }
+  }
+  if (!st)
+    for (int i = 0; i < D; i++) p->cost[i] = SC(p->first[i], p->first[i + 1]);
+#undef B
+#undef A
+#undef SC
+out:
+  free(pre);
+  free(cut);
+  free(cf);
+  free(best);
+  free(arg);
+  return st;
+}

@@ -1,0 +1,36 @@
+/* Cutting a model into D contiguous stages (internal).
+ *
+ * `balance` is PARTIME's list of node counts per stage, -1 meaning "the rest", or "auto": the exact
+ * min-max contiguous partition over measured per-node cost plus the cost of what crosses each cut.
+ * Among the partitions within 5% of that optimum, auto prefers cuts that follow an activation or a
+ * pooling layer (a cut between a convolution and its activation learns badly under the delayed
+ * gradients of the training rule). */
+#ifndef PT_PARTITION_H
+#define PT_PARTITION_H
+
+#include <stdbool.h>
+#include "graph.h"
+
+typedef struct pt_partition {
+  int D;
+  int first[65];      /* stage i runs nodes [first[i], first[i+1]) */
+  double cost[64];    /* estimated seconds per tick of each stage */
+  double node_total;  /* sum of all node costs (the one-stage time) */
+} pt_partition;
+
+/* Measures the cost of every node (forward, plus backward when `train`) on the CPU: cost[i] in
+ * seconds, the median of a few runs. */
+pt_status pt_measure_node_costs(pt_model *m, bool train, double *cost, pt_error *err);
+
+/* Floats that cross a cut placed after node i (0 <= i < n_nodes - 1). */
+int64_t pt_cut_floats(const pt_model *m, int i);
+
+/* True when a cut after node i follows an activation or pooling layer. */
+bool pt_cut_is_preferred(const pt_model *m, int i);
+
+/* Splits by `balance` ("auto" or counts). `cost` (n_nodes entries) is needed for "auto" and
+ * fills p->cost either way; it may be NULL for explicit counts. */
+pt_status pt_partition_make(const pt_model *m, int D, const char *balance, const double *cost,
+                            bool train, pt_partition *p, pt_error *err);
+
+#endif

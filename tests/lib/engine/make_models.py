@@ -1,0 +1,83 @@
+#!/usr/bin/python3
+"""Writes the small ONNX models the engine tests run (python3-onnx's helper API).
+
+scalar_D.onnx   x (1) -> Mul(w_1) -> ... -> Mul(w_D): the scalar stages of the lag property.
+convnet.onnx    a 12-node conv net on 1x3x16x16 with a 10-way head.
+residual.onnx   conv blocks whose skip connections cross any cut between them.
+"""
+import sys
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, TensorProto
+
+out_dir = sys.argv[1]
+rng = np.random.default_rng(1234)
+
+
+def save(graph, name):
+    model = helper.make_model(graph, producer_name="partime-tests",
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    onnx.save(model, f"{out_dir}/{name}")
+
+
+def init(name, arr):
+    return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
+
+
+def conv_w(oc, c, k):
+    bound = 1.0 / np.sqrt(c * k * k)
+    return rng.uniform(-bound, bound, size=(oc, c, k, k)).astype(np.float32)
+
+
+for D in range(1, 7):
+    nodes, inits = [], []
+    prev = "x"
+    for j in range(D):
+        inits.append(init(f"w{j}", [1.0]))
+        nodes.append(helper.make_node("Mul", [prev, f"w{j}"], [f"a{j}"], name=f"mul{j}"))
+        prev = f"a{j}"
+    g = helper.make_graph(nodes, f"scalar{D}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1])], inits)
+    save(g, f"scalar_{D}.onnx")
+
+# convnet: conv-relu x4 (one strided), maxpool, flatten, gemm, relu, gemm
+nodes, inits = [], []
+prev, c = "x", 3
+for i, (oc, s) in enumerate([(8, 1), (8, 2), (16, 1), (16, 1)]):
+    inits += [init(f"c{i}.w", conv_w(oc, c, 3)), init(f"c{i}.b", rng.uniform(-0.1, 0.1, oc))]
+    nodes.append(helper.make_node("Conv", [prev, f"c{i}.w", f"c{i}.b"], [f"c{i}"], name=f"conv{i}",
+                                  kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[s, s]))
+    nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"))
+    prev, c = f"r{i}", oc
+nodes.append(helper.make_node("MaxPool", [prev], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]))
+nodes.append(helper.make_node("Flatten", ["p"], ["f"], name="flatten", axis=1))
+inits += [init("fc1.w", rng.uniform(-0.1, 0.1, (32, 256))), init("fc1.b", np.zeros(32))]
+nodes.append(helper.make_node("Gemm", ["f", "fc1.w", "fc1.b"], ["h"], name="fc1", transB=1))
+nodes.append(helper.make_node("Relu", ["h"], ["hr"], name="relu_fc"))
+inits += [init("fc2.w", rng.uniform(-0.2, 0.2, (10, 32))), init("fc2.b", np.zeros(10))]
+nodes.append(helper.make_node("Gemm", ["hr", "fc2.w", "fc2.b"], ["y"], name="fc2", transB=1))
+g = helper.make_graph(nodes, "convnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+save(g, "convnet.onnx")
+
+# residual: stem conv, then 3 blocks y = relu(x + conv(relu(conv(x)))), then a 1x1 conv head
+nodes, inits = [], []
+inits += [init("stem.w", conv_w(8, 3, 3)), init("stem.b", np.zeros(8))]
+nodes.append(helper.make_node("Conv", ["x", "stem.w", "stem.b"], ["s"], name="stem", kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+nodes.append(helper.make_node("Relu", ["s"], ["b0"], name="stem_relu"))
+prev = "b0"
+for i in range(3):
+    inits += [init(f"b{i}.w1", conv_w(8, 8, 3)), init(f"b{i}.w2", conv_w(8, 8, 3))]
+    nodes.append(helper.make_node("Conv", [prev, f"b{i}.w1"], [f"b{i}c1"], name=f"b{i}conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    nodes.append(helper.make_node("Relu", [f"b{i}c1"], [f"b{i}r1"], name=f"b{i}relu1"))
+    nodes.append(helper.make_node("Conv", [f"b{i}r1", f"b{i}.w2"], [f"b{i}c2"], name=f"b{i}conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    nodes.append(helper.make_node("Add", [f"b{i}c2", prev], [f"b{i}sum"], name=f"b{i}add"))
+    nodes.append(helper.make_node("Relu", [f"b{i}sum"], [f"b{i + 1}"], name=f"b{i}relu2"))
+    prev = f"b{i + 1}"
+inits += [init("head.w", conv_w(3, 8, 1)), init("head.b", np.zeros(3))]
+nodes.append(helper.make_node("Conv", [prev, "head.w", "head.b"], ["y"], name="head", kernel_shape=[1, 1]))
+g = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 12, 12])], inits)
+save(g, "residual.onnx")

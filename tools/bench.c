@@ -1,0 +1,329 @@
+/* `partime balance` and `partime bench`: timed runs over the synthetic clip.
+ *
+ * Both read per-stage busy time from pt_stream_get_stats and difference two snapshots, so the
+ * warm-up (first-touch page faults, caches, the pipeline's fill) stays out of the figures. Unless
+ * --devices says otherwise, each stage gets a cpu device of its own: that is the configuration
+ * whose speedup the numbers predict. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "tool.h"
+
+/* Pushes synthetic frames with whatever target the loss needs. The frames are generated before
+ * timing starts and then cycled, so the figures measure the stream, not the pattern generator. */
+typedef struct feeder {
+  pt_shape in, out;
+  int64_t in_len, out_len;
+  pt_loss loss;
+  bool train;
+  int64_t n_frames; /* pre-generated frames, cycled */
+  float *frames, *zeros;
+} feeder;
+
+static int feeder_init(feeder *f, const pt_model *m, const pt_stream_opts *so) {
+  memset(f, 0, sizeof *f);
+  f->in = pt_model_input_shape(m);
+  f->out = pt_model_output_shape(m);
+  f->in_len = pt_shape_numel(&f->in);
+  f->out_len = pt_shape_numel(&f->out);
+  f->loss = so->train.loss;
+  f->train = so->train.enabled;
+  /* Up to 64 frames, within 64 MB. */
+  f->n_frames = (64 << 20) / (f->in_len * (int64_t)sizeof(float));
+  if (f->n_frames > 64) f->n_frames = 64;
+  if (f->n_frames < 1) f->n_frames = 1;
+  f->frames = malloc(sizeof(float) * (size_t)(f->in_len * f->n_frames));
+  f->zeros = calloc((size_t)f->out_len, sizeof(float));
+  if (!f->frames || !f->zeros) return tool_fail("out of memory");
+  for (int64_t t = 0; t < f->n_frames; t++)
+    tool_synth_frame(&f->in, t, f->out_len, f->frames + t * f->in_len);
+  return TOOL_EXIT_OK;
+}
+
+static void feeder_free(feeder *f) {
+  free(f->frames);
+  free(f->zeros);
+}
+
+static pt_status feed(feeder *f, pt_stream *s, int64_t t, void *user) {
+  pt_target target = {0};
+  const pt_target *tp = NULL;
+  int64_t k = t % f->n_frames;
+  if (f->train && f->loss == PT_LOSS_CROSS_ENTROPY) {
+    target.class_index = tool_synth_class(k, f->out_len);
+    tp = &target;
+  } else if (f->train && f->loss == PT_LOSS_MSE) {
+    target.tensor = f->zeros;
+    tp = &target;
+  }
+  return pt_stream_push(s, f->frames + k * f->in_len, tp, user);
+}
+
+static bool push_failed(pt_status st) {
+  return st != PT_OK && st != PT_AGAIN;
+}
+
+/* "cpu,cpu,...": one cpu device per stage. */
+static char *cpu_per_stage(int d) {
+  char *s = malloc((size_t)d * 4 + 1);
+  if (!s) return NULL;
+  s[0] = '\0';
+  for (int i = 0; i < d; i++) strcat(s, i ? ",cpu" : "cpu");
+  return s;
+}
+
+static int parse_stage_count(const char *cmd, const char *s, int *out) {
+  char *end;
+  long v = strtol(s, &end, 10);
+  if (end == s || *end || v < 1 || v > PT_MAX_STAGES)
+    return tool_usage_error(cmd, "a stage count must be a number from 1 to %d, not '%s'",
+                            PT_MAX_STAGES, s);
+  *out = (int)v;
+  return TOOL_EXIT_OK;
+}
+
+/* "Conv Relu MaxPool ..." for nodes [first, first + n), cut to fit `size`. */
+static void describe_ops(const pt_model *m, int first, int n, char *buf, size_t size) {
+  size_t len = 0;
+  buf[0] = '\0';
+  for (int i = first; i < first + n; i++) {
+    pt_node_info ni;
+    if (pt_model_node_info(m, i, &ni) != PT_OK) continue;
+    const char *op = ni.op_type ? ni.op_type : "?";
+    size_t need = strlen(op) + (len ? 1 : 0);
+    if (len + need + 4 >= size) {
+      snprintf(buf + len, size - len, "%s...", len ? " " : "");
+      return;
+    }
+    len += (size_t)snprintf(buf + len, size - len, "%s%s", len ? " " : "", op);
+  }
+}
+
+static int pop_all(pt_stream *s) {
+  pt_result r;
+  pt_status st;
+  while ((st = pt_stream_pop(s, &r)) == PT_OK) {
+  }
+  return st == PT_AGAIN ? TOOL_EXIT_OK : tool_fail("%s", pt_stream_last_error(s));
+}
+
+int tool_cmd_balance(int argc, char **argv) {
+  const char *cmd = "balance";
+  tool_opts o;
+  int rc =
+      tool_parse_opts(argc, argv, OPT_TRAIN | OPT_STAGES | OPT_DEVICES | OPT_BALANCE, 1, 1, &o);
+  if (rc) return rc < 0 ? TOOL_EXIT_OK : rc;
+  if (!o.stages) return tool_usage_error(cmd, "--stages D is required");
+  int d = 1;
+  if ((rc = parse_stage_count(cmd, o.stages, &d)) != TOOL_EXIT_OK) return rc;
+
+  pt_error err;
+  pt_model *m = NULL;
+  pt_stream *s = NULL;
+  feeder f = {0};
+  char *devices = NULL;
+  if (pt_model_load(o.pos[0], &m, &err) != PT_OK) return tool_fail("%s", err.msg);
+  pt_stream_opts so;
+  if ((rc = tool_stream_opts(cmd, &o, m, &so)) != TOOL_EXIT_OK) goto done;
+  if (so.train.enabled && so.train.loss == PT_LOSS_NONE) so.train.loss = PT_LOSS_MSE;
+  if (!o.devices) so.devices = devices = cpu_per_stage(d);
+  so.stages = d;
+  /* Stages run one after another on this thread, so each one's cost is measured alone. */
+  so.threaded = false;
+  if ((rc = feeder_init(&f, m, &so)) != TOOL_EXIT_OK) goto done;
+  if (pt_stream_new(m, &so, &s, &err) != PT_OK) {
+    rc = tool_fail("%s", err.msg);
+    goto done;
+  }
+
+  /* Fill the pipeline and warm up, then time at least 20 frames and about a second. */
+  int64_t t = 0;
+  pt_stream_stats a, b;
+  for (; t < 2 * d + 3 && rc == TOOL_EXIT_OK; t++) {
+    if (push_failed(feed(&f, s, t, NULL))) rc = tool_fail("%s", pt_stream_last_error(s));
+    if (rc == TOOL_EXIT_OK) rc = pop_all(s);
+  }
+  if (rc != TOOL_EXIT_OK) goto done;
+  pt_stream_get_stats(s, &a);
+  double t0 = tool_now();
+  for (int64_t k = 0; rc == TOOL_EXIT_OK && (k < 20 || (tool_now() - t0 < 1.0 && k < 2000));
+       k++, t++) {
+    if (push_failed(feed(&f, s, t, NULL))) rc = tool_fail("%s", pt_stream_last_error(s));
+    if (rc == TOOL_EXIT_OK) rc = pop_all(s);
+  }
+  if (rc != TOOL_EXIT_OK) goto done;
+  pt_stream_get_stats(s, &b);
+
+  printf("model     %s\n", pt_model_name(m));
+  printf("mode      %s\n",
+         so.train.enabled ? "training (forward + backward + update)" : "inference");
+  printf("stages    %d (balance %s)\n\n", b.stages, o.balance ? o.balance : "auto");
+  printf("%5s  %-8s %-12s %-48s %10s %13s\n", "stage", "device", "nodes", "ops", "cost_ms",
+         "predicted_ms");
+  double total = 0, worst = 0;
+  for (int j = 0; j < b.stages; j++) {
+    const pt_stage_stats *sb = &b.stage[j], *sa = &a.stage[j];
+    int64_t ticks = sb->ticks - sa->ticks;
+    double cost = ticks > 0 ? (sb->busy_s - sa->busy_s) / (double)ticks : 0;
+    char range[32], ops[49];
+    if (sb->n_nodes > 0)
+      snprintf(range, sizeof range, "%d-%d (%d)", sb->first_node, sb->first_node + sb->n_nodes - 1,
+               sb->n_nodes);
+    else
+      snprintf(range, sizeof range, "none");
+    describe_ops(m, sb->first_node, sb->n_nodes, ops, sizeof ops);
+    printf("%5d  %-8s %-12s %-48s %10.4f %13.4f\n", j, sb->device, range, ops, cost * 1e3,
+           sb->predicted_s * 1e3);
+    total += cost;
+    if (cost > worst) worst = cost;
+  }
+  printf("\ntotal     %.4f ms per frame, slowest stage %.4f ms\n", total * 1e3, worst * 1e3);
+  printf("predicted speedup %.2fx over one stage (total cost / slowest stage's cost)\n",
+         worst > 0 ? total / worst : 1.0);
+
+done:
+  pt_stream_free(s);
+  pt_model_free(m);
+  feeder_free(&f);
+  free(devices);
+  return rc;
+}
+
+/* Push times of frames in flight, indexed by frame number modulo the ring. */
+#define LAT_RING 65536
+
+typedef struct bench_row {
+  int stages;
+  double fps, latency_ms;
+} bench_row;
+
+static int bench_one(const tool_opts *o, int d, int64_t n, double *lat_ring, bench_row *row,
+                     double base_fps) {
+  pt_error err;
+  pt_model *m = NULL;
+  pt_stream *s = NULL;
+  feeder f = {0};
+  char *devices = NULL;
+  int rc;
+  /* A fresh model per configuration: training must not carry weights from one to the next. */
+  if (pt_model_load(o->pos[0], &m, &err) != PT_OK) return tool_fail("%s", err.msg);
+  pt_stream_opts so;
+  if ((rc = tool_stream_opts("bench", o, m, &so)) != TOOL_EXIT_OK) goto done;
+  if (so.train.enabled && so.train.loss == PT_LOSS_NONE) so.train.loss = PT_LOSS_MSE;
+  if (!o->devices) so.devices = devices = cpu_per_stage(d);
+  so.stages = d;
+  so.threaded = true;
+  if ((rc = feeder_init(&f, m, &so)) != TOOL_EXIT_OK) goto done;
+  if (pt_stream_new(m, &so, &s, &err) != PT_OK) {
+    rc = tool_fail("%s", err.msg);
+    goto done;
+  }
+
+  int64_t t = 0, warm = 8 + 2 * (int64_t)d;
+  for (; t < warm && rc == TOOL_EXIT_OK; t++) {
+    if (push_failed(feed(&f, s, t, NULL))) rc = tool_fail("%s", pt_stream_last_error(s));
+    if (rc == TOOL_EXIT_OK) rc = pop_all(s);
+  }
+  if (rc != TOOL_EXIT_OK) goto done;
+
+  /* Timed frames carry their number + 1 as user data; warm-up frames carry NULL. */
+  pt_stream_stats a, b;
+  pt_stream_get_stats(s, &a);
+  double t0 = tool_now(), lat_sum = 0;
+  int64_t lat_n = 0;
+  for (int64_t k = 0; k <= n && rc == TOOL_EXIT_OK; k++) {
+    if (k < n) {
+      lat_ring[k % LAT_RING] = tool_now();
+      if (push_failed(feed(&f, s, t + k, (void *)(intptr_t)(k + 1)))) {
+        rc = tool_fail("%s", pt_stream_last_error(s));
+        break;
+      }
+    } else if (pt_stream_drain(s) != PT_OK) {
+      rc = tool_fail("%s", pt_stream_last_error(s));
+      break;
+    }
+    pt_result r;
+    pt_status st;
+    while ((st = pt_stream_pop(s, &r)) == PT_OK) {
+      intptr_t id = (intptr_t)r.user;
+      if (id > 0) {
+        lat_sum += tool_now() - lat_ring[(id - 1) % LAT_RING];
+        lat_n++;
+      }
+    }
+    if (st != PT_AGAIN) rc = tool_fail("%s", pt_stream_last_error(s));
+  }
+  double elapsed = tool_now() - t0;
+  if (rc != TOOL_EXIT_OK) goto done;
+  pt_stream_get_stats(s, &b);
+
+  row->stages = b.stages;
+  row->fps = (double)n / elapsed;
+  row->latency_ms = lat_n ? 1e3 * lat_sum / (double)lat_n : NAN;
+  char speed[16];
+  if (base_fps < 0)
+    snprintf(speed, sizeof speed, "1.00x");
+  else if (base_fps > 0)
+    snprintf(speed, sizeof speed, "%.2fx", row->fps / base_fps);
+  else
+    snprintf(speed, sizeof speed, "-");
+  printf("%6d  %-16s %10.1f %12.3f %8s  ", b.stages, so.devices ? so.devices : "cpu", row->fps,
+         row->latency_ms, speed);
+  for (int j = 0; j < b.stages; j++)
+    printf("%s%d:%.0f%%", j ? " " : "", j,
+           100.0 * (b.stage[j].busy_s - a.stage[j].busy_s) / elapsed);
+  printf("\n");
+  fflush(stdout);
+
+done:
+  pt_stream_free(s);
+  pt_model_free(m);
+  feeder_free(&f);
+  free(devices);
+  return rc;
+}
+
+int tool_cmd_bench(int argc, char **argv) {
+  const char *cmd = "bench";
+  tool_opts o;
+  int rc = tool_parse_opts(
+      argc, argv, OPT_TRAIN | OPT_STAGES | OPT_DEVICES | OPT_BALANCE | OPT_FRAMES, 1, 1, &o);
+  if (rc) return rc < 0 ? TOOL_EXIT_OK : rc;
+  int list[PT_MAX_STAGES], n_list = 0;
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s", o.stages ? o.stages : "1,2");
+  for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    if (n_list == PT_MAX_STAGES) return tool_usage_error(cmd, "too many stage counts");
+    if ((rc = parse_stage_count(cmd, tok, &list[n_list++])) != TOOL_EXIT_OK) return rc;
+  }
+  if (n_list == 0) return tool_usage_error(cmd, "--stages needs a list such as 1,2,4");
+  int64_t n = o.frames ? o.frames : 200;
+
+  double *ring = malloc(sizeof(double) * LAT_RING);
+  if (!ring) return tool_fail("out of memory");
+  printf("model %s, %s, %" PRId64 " frames per configuration after a warm-up\n\n", o.pos[0],
+         o.train ? "training" : "inference", n);
+  printf("%6s  %-16s %10s %12s %8s  %s\n", "stages", "devices", "frames/s", "latency_ms", "speedup",
+         "busy");
+  /* The one-stage run is the baseline; run it first when it is in the list. */
+  double base = 0;
+  for (int i = 0; i < n_list && rc == TOOL_EXIT_OK; i++)
+    if (list[i] == 1) {
+      bench_row row;
+      rc = bench_one(&o, 1, n, ring, &row, -1);
+      if (rc == TOOL_EXIT_OK) base = row.fps;
+      break;
+    }
+  bool base_done = base > 0;
+  for (int i = 0; i < n_list && rc == TOOL_EXIT_OK; i++) {
+    if (list[i] == 1 && base_done) {
+      base_done = false; /* printed already; later repeats of 1 run again */
+      continue;
+    }
+    bench_row row;
+    rc = bench_one(&o, list[i], n, ring, &row, base);
+  }
+  free(ring);
+  return rc;
+}
