@@ -201,7 +201,7 @@ pt_status pt_partition_make(const pt_model *m, int D, const char *balance, const
     pre[i + 1] = pre[i] + (cost ? cost[i] : 1.0);
     cut[i] = cf[i] * PT_CUT_S_PER_FLOAT * (train ? 2 : 1);
   }
-  p->node_total = pre[n];
+  p->node_total = cost ? pre[n] : NAN;
 #define B(s, e) best[(size_t)(s) * (n + 1) + (e)]
 #define A(s, e) arg[(size_t)(s) * (n + 1) + (e)]
   /* stage cost of nodes [a, e): its nodes plus the cut after it (none after the last node) */
@@ -249,7 +249,7 @@ pt_status pt_partition_make(const pt_model *m, int D, const char *balance, const
     }
   }
   if (!st)
-    for (int i = 0; i < D; i++) p->cost[i] = SC(p->first[i], p->first[i + 1]);
+    for (int i = 0; i < D; i++) p->cost[i] = cost ? SC(p->first[i], p->first[i + 1]) : NAN;
 #undef B
 #undef A
 #undef SC

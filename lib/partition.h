@@ -14,8 +14,8 @@
 typedef struct pt_partition {
   int D;
   int first[65];      /* stage i runs nodes [first[i], first[i+1]) */
-  double cost[64];    /* estimated seconds per tick of each stage */
-  double node_total;  /* sum of all node costs (the one-stage time) */
+  double cost[64];    /* estimated seconds per tick of each stage; NaN without measured costs */
+  double node_total;  /* sum of all node costs (the one-stage time); NaN without costs */
 } pt_partition;
 
 /* Measures the cost of every node (forward, plus backward when `train`) on the CPU: cost[i] in

@@ -38,13 +38,20 @@ pt_status pt_error_set(pt_error *err, pt_status code, const char *fmt, ...) {
 
 pt_status pt_error_prefix(pt_error *err, const char *fmt, ...) {
   if (!err) return PT_ERR_INVALID;
-  char prefix[PT_ERROR_MAX], old[PT_ERROR_MAX];
+  char prefix[PT_ERROR_MAX];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(prefix, sizeof prefix, fmt, ap);
   va_end(ap);
-  memcpy(old, err->msg, sizeof old);
-  snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+  /* err->msg becomes "prefix: old", cut to fit */
+  size_t np = strlen(prefix), no = strlen(err->msg), cap = sizeof err->msg - 1;
+  if (np + 2 > cap) np = cap - 2;
+  size_t keep = no < cap - np - 2 ? no : cap - np - 2;
+  memmove(err->msg + np + 2, err->msg, keep);
+  memcpy(err->msg, prefix, np);
+  err->msg[np] = ':';
+  err->msg[np + 1] = ' ';
+  err->msg[np + 2 + keep] = '\0';
   return err->code;
 }
 

@@ -476,9 +476,14 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
       s->st[j].thread_started = true;
     }
   }
-  for (int j = 0; j < D; j++)
-    logf_(s, PT_LOG_INFO, "stage %d: nodes %d-%d on %s (estimated %.3f ms per tick)", j,
-          s->st[j].first, s->st[j].end - 1, s->st[j].device, s->st[j].predicted_s * 1e3);
+  for (int j = 0; j < D; j++) {
+    const stage *g = &s->st[j];
+    if (isfinite(g->predicted_s))
+      logf_(s, PT_LOG_INFO, "stage %d: nodes %d-%d on %s (estimated %.3f ms per tick)", j,
+            g->first, g->end - 1, g->device, g->predicted_s * 1e3);
+    else
+      logf_(s, PT_LOG_INFO, "stage %d: nodes %d-%d on %s", j, g->first, g->end - 1, g->device);
+  }
   *out = s;
   return PT_OK;
 fail:
