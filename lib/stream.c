@@ -47,6 +47,9 @@ typedef struct slot {
   int64_t entry_tick; /* the tick at which it entered stage 0, -1 while it waits to enter */
   void *user;
   float *input;  /* the frame (numel of the input) */
+  unsigned char *raw; /* a raw frame waiting for opts.preprocess on stage 0 */
+  size_t raw_n;
+  bool raw_pending;
   float *target; /* mse / next-frame target (numel of the output) */
   int64_t cls;
   bool has_target;
@@ -65,9 +68,14 @@ typedef struct boundary {
   bool greal[2]; /* gbuf[i] holds a gradient that came from a real frame */
 } boundary;
 
+typedef struct hyper {
+  float lr, momentum, weight_decay;
+} hyper;
+
 typedef struct tick_desc {
   int slot;   /* frame slot entering stage 0 at this tick, -1 for a bubble */
   bool train; /* training on for this tick */
+  hyper h;    /* the optimizer settings the frame entering now trains with */
 } tick_desc;
 
 struct pt_stream;
@@ -107,6 +115,7 @@ struct pt_stream {
   bool stop;
   bool threaded;
   bool train_on;
+  hyper h;
 
   tick_desc *ticks;
   int n_ticks_ring;
@@ -393,6 +402,7 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
   s->D = D;
   s->threaded = o->threaded;
   s->train_on = o->train.enabled;
+  s->h = (hyper){o->train.lr, o->train.momentum, o->train.weight_decay};
   s->held = -1;
   s->last_frame_tick = -1;
   s->in_numel = m->vals[m->input].numel;
@@ -403,6 +413,10 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
                    !m->nodes[m->vals[m->output].producer].p.softmax.log;
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
+  if (o->preprocess && !o->raw_bytes) {
+    st = pt_error_set(err, PT_ERR_INVALID, "a preprocess function needs raw_bytes > 0");
+    goto fail;
+  }
   pt_loss loss = o->train.loss;
   if ((loss == PT_LOSS_RECONSTRUCTION || loss == PT_LOSS_NEXT_FRAME) && s->in_numel != s->out_numel) {
     st = pt_error_set(err, PT_ERR_SHAPE,
@@ -447,7 +461,8 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
     sl->input = calloc(s->in_numel, sizeof(float));
     sl->output = calloc(s->out_numel, sizeof(float));
     sl->target = calloc(s->out_numel, sizeof(float));
-    if (!sl->input || !sl->output || !sl->target) {
+    if (o->raw_bytes) sl->raw = malloc(o->raw_bytes);
+    if (!sl->input || !sl->output || !sl->target || (o->raw_bytes && !sl->raw)) {
       st = pt_error_set(err, PT_ERR_NOMEM, "out of memory allocating frame slots");
       goto fail;
     }
@@ -519,6 +534,7 @@ void pt_stream_free(pt_stream *s) {
     free(s->slots[i].input);
     free(s->slots[i].output);
     free(s->slots[i].target);
+    free(s->slots[i].raw);
   }
   free(s->slots);
   free(s->ticks);
@@ -560,7 +576,7 @@ static void take_backup(stage *g) {
   }
 }
 
-static void optimizer_step(stage *g) {
+static void optimizer_step(stage *g, const hyper *h) {
   pt_stream *s = g->s;
   const pt_train_opts *t = &s->o.train;
   pt_model *m = s->m;
@@ -571,10 +587,10 @@ static void optimizer_step(stage *g) {
     pt_value *val = &m->vals[v];
     const float *gr = pt_exec_grad(&g->x, v);
     if (t->optimizer == PT_OPT_ADAM)
-      pt_adam_step(val->data, gr, g->opt_m + off, g->opt_v + off, val->numel, t->lr, t->beta1,
-                   t->beta2, t->eps, t->weight_decay, g->opt_step);
+      pt_adam_step(val->data, gr, g->opt_m + off, g->opt_v + off, val->numel, h->lr, t->beta1,
+                   t->beta2, t->eps, h->weight_decay, g->opt_step);
     else
-      pt_sgd_step(val->data, gr, g->opt_m + off, val->numel, t->lr, t->momentum, t->weight_decay);
+      pt_sgd_step(val->data, gr, g->opt_m + off, val->numel, h->lr, h->momentum, h->weight_decay);
     off += val->numel;
   }
 }
@@ -616,6 +632,10 @@ static void run_tick(stage *g, int64_t k) {
   slot *sl = &s->slots[td->slot];
   double t0 = now_s();
   g->ticks_real++;
+  if (j == 0 && sl->raw_pending) {
+    s->o.preprocess(s->o.preprocess_user, sl->raw, sl->raw_n, sl->input);
+    sl->raw_pending = false;
+  }
 
   /* Bind the inputs and the outputs that cross to the next stage (written in place). */
   for (int i = 0; i < g->n_ext; i++) {
@@ -693,7 +713,7 @@ static void run_tick(stage *g, int64_t k) {
       in->greal[cur] = finite;
     }
     if (finite) {
-      optimizer_step(g);
+      optimizer_step(g, &td->h);
       g->updates++;
       g->bad_run = 0;
       if (++g->good_updates % PT_BACKUP_EVERY == 0) take_backup(g);
@@ -783,6 +803,7 @@ static void issue_tick(pt_stream *s, int slot_index) {
   int64_t k = s->issued;
   s->ticks[k % s->n_ticks_ring].slot = slot_index;
   s->ticks[k % s->n_ticks_ring].train = s->train_on;
+  s->ticks[k % s->n_ticks_ring].h = s->h;
   if (slot_index >= 0) {
     s->last_frame_tick = k;
     s->slots[slot_index].entry_tick = k;
@@ -831,8 +852,9 @@ static int take_slot(pt_stream *s, int64_t frame, pt_status *st) {
   return i;
 }
 
-pt_status pt_stream_push(pt_stream *s, const float *frame, const pt_target *target, void *user) {
-  if (!frame) return fail(s, PT_ERR_INVALID, "push: no frame");
+/* Push of a float frame or (frame == NULL) of a raw one. */
+static pt_status push(pt_stream *s, const float *frame, const void *raw, size_t raw_n,
+                      const pt_target *target, void *user) {
   if (target && s->o.train.loss == PT_LOSS_CROSS_ENTROPY &&
       (target->class_index < 0 || target->class_index >= s->out_classes))
     return fail(s, PT_ERR_INVALID, "push: class %lld is outside the model's %d classes",
@@ -852,7 +874,16 @@ pt_status pt_stream_push(pt_stream *s, const float *frame, const pt_target *targ
   sl->trained = false;
   sl->step = 0;
   sl->has_target = false;
-  memcpy(sl->input, frame, s->in_numel * sizeof(float));
+  sl->raw_pending = false;
+  if (frame) {
+    memcpy(sl->input, frame, s->in_numel * sizeof(float));
+  } else if (s->o.train.loss == PT_LOSS_NEXT_FRAME) {
+    s->o.preprocess(s->o.preprocess_user, raw, raw_n, sl->input);
+  } else {
+    memcpy(sl->raw, raw, raw_n);
+    sl->raw_n = raw_n;
+    sl->raw_pending = true;
+  }
   if (target) {
     sl->cls = target->class_index;
     if (target->tensor && s->o.train.loss == PT_LOSS_MSE) {
@@ -867,13 +898,28 @@ pt_status pt_stream_push(pt_stream *s, const float *frame, const pt_target *targ
     int h = s->held;
     s->held = i;
     if (h < 0) return PT_OK;
-    memcpy(s->slots[h].target, frame, s->out_numel * sizeof(float));
+    memcpy(s->slots[h].target, sl->input, s->out_numel * sizeof(float));
     s->slots[h].has_target = true;
     issue_tick(s, h);
     return PT_OK;
   }
   issue_tick(s, i);
   return PT_OK;
+}
+
+pt_status pt_stream_push(pt_stream *s, const float *frame, const pt_target *target, void *user) {
+  if (!frame) return fail(s, PT_ERR_INVALID, "push: no frame");
+  return push(s, frame, NULL, 0, target, user);
+}
+
+pt_status pt_stream_push_raw(pt_stream *s, const void *raw, size_t n, const pt_target *target,
+                             void *user) {
+  if (!s->o.preprocess || !raw)
+    return fail(s, PT_ERR_STATE, "push_raw: the stream was created without a preprocess function");
+  if (n > s->o.raw_bytes)
+    return fail(s, PT_ERR_INVALID, "push_raw: a %zu-byte frame exceeds the %zu bytes configured",
+                n, s->o.raw_bytes);
+  return push(s, NULL, raw, n, target, user);
 }
 
 pt_status pt_stream_pop(pt_stream *s, pt_result *r) {
@@ -959,6 +1005,18 @@ pt_status pt_stream_set_training(pt_stream *s, bool on) {
   return PT_OK;
 }
 
+pt_status pt_stream_set_hyperparams(pt_stream *s, float lr, float momentum, float weight_decay) {
+  if (!(lr >= 0) || !isfinite(lr) || !(momentum >= 0 && momentum < 1) || !(weight_decay >= 0))
+    return fail(s, PT_ERR_INVALID,
+                "learning rate %g, momentum %g, weight decay %g: need lr >= 0, momentum in [0, 1), "
+                "decay >= 0",
+                lr, momentum, weight_decay);
+  pthread_mutex_lock(&s->mu);
+  s->h = (hyper){lr, momentum, weight_decay};
+  pthread_mutex_unlock(&s->mu);
+  return PT_OK;
+}
+
 pt_status pt_stream_save(pt_stream *s, const char *path) {
   wait_idle(s);
   pt_error err;
@@ -993,6 +1051,7 @@ void pt_stream_get_stats(const pt_stream *s, pt_stream_stats *st) {
     o->busy_s = g->busy_s;
     o->predicted_s = g->predicted_s;
     o->ticks = g->ticks_real;
+    o->done = g->done;
     o->updates = g->updates;
   }
   st->ticks = s->issued;

@@ -57,6 +57,13 @@ typedef struct pt_stream_opts {
   pt_train_opts train;
   pt_log_fn log;
   void *log_user;
+  /* Optional input conversion, run by stage 0's worker so that format conversion, scaling and
+   * normalization stay off the pushing thread (DESIGN §3): turns a raw frame of n <= raw_bytes
+   * bytes, given to pt_stream_push_raw(), into the model's input (pt_shape_numel(input) floats).
+   * With the next-frame loss it runs inside push instead (the frame is another frame's target). */
+  void (*preprocess)(void *user, const void *raw, size_t n, float *input);
+  void *preprocess_user;
+  size_t raw_bytes;
 } pt_stream_opts;
 
 /* Fills `o` with the defaults above. */
@@ -80,6 +87,11 @@ void pt_stream_free(pt_stream *s);
  * `user` travels with the frame and comes back in its result. Returns PT_AGAIN, taking nothing,
  * when the results of depth + 18 frames wait to be popped: pop, then push again. */
 pt_status pt_stream_push(pt_stream *s, const float *frame, const pt_target *target, void *user);
+
+/* Like pt_stream_push, for a raw frame that opts.preprocess converts on stage 0's worker; the n
+ * bytes are copied before return. */
+pt_status pt_stream_push_raw(pt_stream *s, const void *raw, size_t n, const pt_target *target,
+                             void *user);
 
 typedef struct pt_result {
   int64_t frame;       /* index of the frame, counted from 0 since creation or the last flush */
@@ -105,6 +117,9 @@ int pt_stream_depth(const pt_stream *s);
 int pt_stream_in_flight(const pt_stream *s);
 /* Switches training on or off at the next tick. */
 pt_status pt_stream_set_training(pt_stream *s, bool on);
+/* Changes the learning rate, SGD momentum and weight decay from the next tick on, keeping the
+ * optimizer state (each frame trains with the values in force when it entered). */
+pt_status pt_stream_set_hyperparams(pt_stream *s, float lr, float momentum, float weight_decay);
 /* Writes the model with the current weights (atomically); waits for the tick in progress. */
 pt_status pt_stream_save(pt_stream *s, const char *path);
 /* The message of this stream's last error. */
@@ -118,6 +133,7 @@ typedef struct pt_stage_stats {
   double busy_s;           /* seconds spent computing */
   double predicted_s;      /* the partitioner's cost estimate per tick (seconds) */
   int64_t ticks;           /* ticks with a real frame */
+  int64_t done;            /* ticks this stage has finished (bubbles included) */
   int64_t updates;         /* optimizer steps taken */
 } pt_stage_stats;
 
