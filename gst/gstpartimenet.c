@@ -1,19 +1,28 @@
 /* GStreamer partimenet: live video analytics and continual learning with a neural network cut
  * into stages that run as a pipeline over time (libpartime).
  *
- * The element is glue around a pt_stream: the chain function converts a frame to the model's
- * input, pushes it (one tick) and then pushes downstream every buffer whose result popped. With
- * D stages a result trails its frame by D - 1 ticks, so buffers wait in a queue in arrival order,
- * together with the serialized events and the frames that skipped the network, and leave in that
- * same order: a frame goes out only when everything that arrived before it has.
+ * The element is glue around a pt_stream: the chain function copies a frame's pixels, pushes
+ * them (one tick) and then pushes downstream every buffer whose result popped. With D stages a
+ * result trails its frame by D - 1 ticks, so buffers wait in a queue in arrival order, together
+ * with the serialized events and the frames that skipped the network, and leave in that same
+ * order: a frame goes out only when everything that arrived before it has.
+ *
+ * Input conversion (format, scaling, normalization) is real work, so it runs on stage 0's worker
+ * and not on the streaming thread: the chain function only packs the frame, behind the
+ * normalization in force when it arrived, into one block (RawHeader + pixels laid out as the
+ * caps say) that the stream copies; stage 0 converts it with GstVideoConverter and normalizes it
+ * (gst_partimenet_preprocess). The converter is shared with that worker, so the streaming thread
+ * rebuilds it only when no raw frame waits for conversion: on a caps change after draining the
+ * stream, or before a new stream's first frame.
  *
  * Threads. Properties and statistics live under the object lock. The engine (model + stream),
- * the converter and the queue belong to the streaming thread (the sink pad's stream lock); start
- * and stop touch them only while the pads are inactive. Anything that must change the engine
- * while data flows (a new model, new training settings, training on or off) is recorded under
- * the object lock and applied by the streaming thread at the next tick boundary, after the old
- * stream's frames in flight have been drained out. A new model is loaded by a background thread
- * so that the stream never waits for a file.
+ * the queue and the staging block belong to the streaming thread (the sink pad's stream lock);
+ * start and stop touch them only while the pads are inactive. Anything that must change the
+ * engine while data flows is recorded under the object lock and applied by the streaming thread
+ * at the next tick boundary: learning rate and momentum, and training on or off, go straight to
+ * the stream (they apply from the next tick, optimizer state kept); a new loss or optimizer
+ * rebuilds the stream after its frames in flight have been drained out; a new model is loaded by
+ * a background thread so that the stream never waits for a file, then swapped in the same way.
  *
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
@@ -159,7 +168,34 @@ typedef struct
   GstPartimenetOptimizer optimizer;
   gdouble lr;
   gdouble momentum;
+  gsize raw_bytes;              /* the largest raw frame the stream must take */
 } Settings;
+
+/* A raw frame as pushed to the stream: the normalization x * a[c] + b[c] in force when the frame
+ * arrived, then, RAW_HEADER_SIZE bytes from the start, its pixels packed as the caps describe.
+ * Each frame carries its own normalization so that scale, mean or std changed in PLAYING apply
+ * from the next frame on, never to a frame that already waits for stage 0. */
+typedef struct
+{
+  gfloat a[4], b[4];
+} RawHeader;
+
+#define RAW_HEADER_SIZE 64
+G_STATIC_ASSERT (sizeof (RawHeader) <= RAW_HEADER_SIZE);
+
+/* Turns raw frames into the model's input. Used by stage 0's worker (by the pushing thread with
+ * the next-frame loss); changed by the streaming thread only while no raw frame waits. */
+typedef struct
+{
+  gboolean ready;
+  GstVideoInfo info;            /* layout of the raw frames' pixels */
+  GstVideoInfo model_info;      /* the model's picture */
+  GstVideoConverter *convert;   /* NULL: frames already have the model's format, size */
+  GstBuffer *out_buf;
+  GstVideoFrame out_frame;      /* the converted picture */
+  gboolean out_mapped;
+  gint C, H, W;
+} Converter;
 
 /* A model, its stream and what the element derives from their shapes. */
 typedef struct
@@ -170,6 +206,7 @@ typedef struct
   pt_shape in_shape, out_shape;
   gint C, H, W;
   gint64 in_numel, out_numel;
+  gsize raw_bytes;              /* the largest raw frame its stream takes */
   pt_loss loss;
   gint depth;                   /* D */
   gint lag;                     /* ticks a result trails its frame: D - 1, one more for next-frame */
@@ -204,7 +241,9 @@ struct _GstPartimenet
   gfloat mean[4], std[4];
   guint n_mean, n_std;
   gboolean norm_dirty;          /* scale/mean/std changed: recompute at the next tick */
-  gboolean settings_dirty;      /* training settings changed: rebuild the stream */
+  gboolean hyper_dirty;         /* learning rate or momentum changed: tell the stream */
+  gboolean settings_dirty;      /* loss or optimizer changed: rebuild the stream */
+  gsize raw_hint;               /* raw block size of the current caps, for the model loader */
 
   /* statistics (object lock) */
   GstClockTime stat_latency;
@@ -233,15 +272,13 @@ struct _GstPartimenet
   GQuark *label_quarks;
   GstVideoInfo in_info;
   gboolean have_info;
-  GstVideoInfo model_info;
-  GstVideoConverter *convert;
-  GstBuffer *conv_buf;
-  GstVideoFrame conv_frame;
-  gboolean conv_mapped;
-  gboolean direct;              /* input already has the model's format and size */
-  gfloat *input;                /* C x H x W */
+  Converter conv;               /* shared with stage 0's worker, see above */
+  guint8 *raw;                  /* staging block: RawHeader, then the packed pixels */
+  gsize raw_size;               /* bytes used for the current caps */
+  gsize raw_alloc;
+  GstVideoFrame raw_frame;      /* the pixels of `raw` */
   gfloat *probs;                /* n_classes */
-  gfloat norm_a[4], norm_b[4];
+  gfloat norm_a[4], norm_b[4];  /* the normalization frames get from now on */
   GstBufferPool *tensor_pool;
   GstQueueArray *items;
   GstSegment segment;
@@ -433,6 +470,7 @@ settings_snapshot (GstPartimenet * self, Settings * s)
   s->optimizer = self->optimizer;
   s->lr = self->lr;
   s->momentum = self->momentum;
+  s->raw_bytes = self->raw_hint;
 }
 
 static pt_loss
@@ -480,10 +518,14 @@ shape_str (const pt_shape * s, gchar * buf, gsize n)
   return pt_shape_str (s, buf, n);
 }
 
-/* Builds the stream of `e` over its model. */
+static void gst_partimenet_preprocess (void *user, const void *raw, size_t n,
+    float *input);
+
+/* Builds the stream of `e` over its model, cut as `balance` says (NULL: as the settings say),
+ * taking raw frames of up to s->raw_bytes bytes (at least the model's picture in RGBA). */
 static gboolean
 engine_make_stream (GstPartimenet * self, Engine * e, const Settings * s,
-    GError ** error)
+    const gchar * balance, GError ** error)
 {
   pt_stream_opts o;
   pt_error err;
@@ -492,8 +534,15 @@ engine_make_stream (GstPartimenet * self, Engine * e, const Settings * s,
   pt_stream_opts_init (&o);
   o.stages = (int) s->stages;
   o.devices = s->devices && *s->devices ? s->devices : NULL;
-  o.balance = s->balance && *s->balance ? s->balance : "auto";
+  if (!balance)
+    balance = s->balance && *s->balance ? s->balance : "auto";
+  o.balance = balance;
   o.threaded = TRUE;
+  o.preprocess = gst_partimenet_preprocess;
+  o.preprocess_user = self;
+  e->raw_bytes = MAX (s->raw_bytes,
+      RAW_HEADER_SIZE + (gsize) e->W * (gsize) e->H * 4);
+  o.raw_bytes = e->raw_bytes;
   e->loss = resolve_loss (s->loss, e->model);
   /* training is configured whenever there is a loss so that it can be switched on later */
   o.train.enabled = e->loss != PT_LOSS_NONE;
@@ -624,7 +673,7 @@ engine_new (GstPartimenet * self, const gchar * spec, const gchar * checkpoint,
     }
   }
 
-  if (!engine_make_stream (self, e, s, error))
+  if (!engine_make_stream (self, e, s, NULL, error))
     goto fail;
   return e;
 
@@ -672,21 +721,43 @@ gst_partimenet_update_latency (GstPartimenet * self)
 
 /* ---- conversion to the model input ---- */
 
+/* Describes `data`, pixels packed as `info` says, as a video frame without mapping a buffer: the
+ * converter and gst_video_frame_copy() read only the info and the plane pointers. */
+static void
+frame_over_bytes (GstVideoFrame * f, const GstVideoInfo * info, guint8 * data)
+{
+  guint p;
+
+  memset (f, 0, sizeof (*f));
+  f->info = *info;
+  f->flags = GST_VIDEO_FRAME_FLAG_NONE;
+  f->id = -1;
+  for (p = 0; p < GST_VIDEO_INFO_N_PLANES (info); p++)
+    f->data[p] = data + GST_VIDEO_INFO_PLANE_OFFSET (info, p);
+}
+
+static void
+converter_clear (Converter * cv)
+{
+  if (cv->convert)
+    gst_video_converter_free (cv->convert);
+  if (cv->out_mapped)
+    gst_video_frame_unmap (&cv->out_frame);
+  gst_clear_buffer (&cv->out_buf);
+  memset (cv, 0, sizeof (*cv));
+}
+
+/* Drops the converter and the staging block. No raw frame may wait for conversion. */
 static void
 gst_partimenet_free_converter (GstPartimenet * self)
 {
-  if (self->convert) {
-    gst_video_converter_free (self->convert);
-    self->convert = NULL;
-  }
-  if (self->conv_mapped) {
-    gst_video_frame_unmap (&self->conv_frame);
-    self->conv_mapped = FALSE;
-  }
-  gst_clear_buffer (&self->conv_buf);
+  converter_clear (&self->conv);
+  g_clear_pointer (&self->raw, g_free);
+  self->raw_size = self->raw_alloc = 0;
 }
 
-/* Recomputes the per-channel affine map x * a + b from scale, mean and std. */
+/* Recomputes the per-channel affine map x * a + b from scale, mean and std; frames pushed from
+ * now on carry it. */
 static gboolean
 gst_partimenet_update_norm (GstPartimenet * self, GError ** error)
 {
@@ -720,30 +791,40 @@ gst_partimenet_update_norm (GstPartimenet * self, GError ** error)
   return TRUE;
 }
 
-/* Builds the converter from the input caps to the model's picture. */
+/* Builds the converter from the input caps to the model's picture, and the staging block raw
+ * frames are packed into. Streaming thread, while no raw frame waits for conversion (the stream
+ * drained, or new). */
 static gboolean
 gst_partimenet_setup_converter (GstPartimenet * self, GError ** error)
 {
   const Engine *e = self->eng;
+  Converter *cv = &self->conv;
   GstVideoFormat fmt;
+  gboolean direct;
+  gsize size;
 
-  gst_partimenet_free_converter (self);
+  converter_clear (cv);
   if (!e || !self->have_info)
     return TRUE;
 
   fmt = e->C == 1 ? GST_VIDEO_FORMAT_GRAY8 : e->C == 3 ?
       GST_VIDEO_FORMAT_RGB : GST_VIDEO_FORMAT_RGBA;
-  gst_video_info_set_format (&self->model_info, fmt, e->W, e->H);
+  cv->info = self->in_info;
+  gst_video_info_set_format (&cv->model_info, fmt, e->W, e->H);
   /* the converter changes format and size only: the rest must match */
-  GST_VIDEO_INFO_FPS_N (&self->model_info) = GST_VIDEO_INFO_FPS_N (&self->in_info);
-  GST_VIDEO_INFO_FPS_D (&self->model_info) = GST_VIDEO_INFO_FPS_D (&self->in_info);
-  GST_VIDEO_INFO_INTERLACE_MODE (&self->model_info) =
-      GST_VIDEO_INFO_INTERLACE_MODE (&self->in_info);
+  GST_VIDEO_INFO_FPS_N (&cv->model_info) = GST_VIDEO_INFO_FPS_N (&cv->info);
+  GST_VIDEO_INFO_FPS_D (&cv->model_info) = GST_VIDEO_INFO_FPS_D (&cv->info);
+  GST_VIDEO_INFO_INTERLACE_MODE (&cv->model_info) =
+      GST_VIDEO_INFO_INTERLACE_MODE (&cv->info);
+  cv->C = e->C;
+  cv->H = e->H;
+  cv->W = e->W;
 
-  self->direct = GST_VIDEO_INFO_FORMAT (&self->in_info) == fmt
-      && GST_VIDEO_INFO_WIDTH (&self->in_info) == e->W
-      && GST_VIDEO_INFO_HEIGHT (&self->in_info) == e->H;
-  if (!self->direct) {
+  direct = GST_VIDEO_INFO_FORMAT (&cv->info) == fmt
+      && GST_VIDEO_INFO_WIDTH (&cv->info) == e->W
+      && GST_VIDEO_INFO_HEIGHT (&cv->info) == e->H;
+  if (!direct) {
+    /* one thread: the conversion already runs beside the stream's other stages */
     GstStructure *config = gst_structure_new ("GstVideoConverter",
         GST_VIDEO_CONVERTER_OPT_RESAMPLER_METHOD,
         GST_TYPE_VIDEO_RESAMPLER_METHOD, GST_VIDEO_RESAMPLER_METHOD_LINEAR,
@@ -751,63 +832,107 @@ gst_partimenet_setup_converter (GstPartimenet * self, GError ** error)
         GST_VIDEO_DITHER_NONE,
         GST_VIDEO_CONVERTER_OPT_THREADS, G_TYPE_UINT, 1, NULL);
 
-    self->convert = gst_video_converter_new (&self->in_info,
-        &self->model_info, config);
-    if (!self->convert) {
+    cv->convert = gst_video_converter_new (&cv->info, &cv->model_info, config);
+    if (!cv->convert) {
       g_set_error (error, GST_CORE_ERROR, GST_CORE_ERROR_NEGOTIATION,
           "Cannot convert %s %dx%d video to the model's %s %dx%d input",
-          gst_video_format_to_string (GST_VIDEO_INFO_FORMAT (&self->in_info)),
-          GST_VIDEO_INFO_WIDTH (&self->in_info),
-          GST_VIDEO_INFO_HEIGHT (&self->in_info),
+          gst_video_format_to_string (GST_VIDEO_INFO_FORMAT (&cv->info)),
+          GST_VIDEO_INFO_WIDTH (&cv->info), GST_VIDEO_INFO_HEIGHT (&cv->info),
           gst_video_format_to_string (fmt), e->W, e->H);
       return FALSE;
     }
-    self->conv_buf = gst_buffer_new_allocate (NULL,
-        GST_VIDEO_INFO_SIZE (&self->model_info), NULL);
-    if (!self->conv_buf || !gst_video_frame_map (&self->conv_frame,
-            &self->model_info, self->conv_buf, GST_MAP_READWRITE)) {
+    cv->out_buf = gst_buffer_new_allocate (NULL,
+        GST_VIDEO_INFO_SIZE (&cv->model_info), NULL);
+    if (!cv->out_buf || !gst_video_frame_map (&cv->out_frame,
+            &cv->model_info, cv->out_buf, GST_MAP_READWRITE)) {
       g_set_error (error, GST_CORE_ERROR, GST_CORE_ERROR_FAILED,
           "Cannot allocate the %dx%d conversion frame", e->W, e->H);
       return FALSE;
     }
-    self->conv_mapped = TRUE;
+    cv->out_mapped = TRUE;
   }
+
+  size = RAW_HEADER_SIZE + GST_VIDEO_INFO_SIZE (&cv->info);
+  if (size > self->raw_alloc) {
+    g_free (self->raw);
+    self->raw = g_malloc0 (size);
+    self->raw_alloc = size;
+  }
+  self->raw_size = size;
+  frame_over_bytes (&self->raw_frame, &cv->info, self->raw + RAW_HEADER_SIZE);
+  GST_OBJECT_LOCK (self);
+  self->raw_hint = size;
+  GST_OBJECT_UNLOCK (self);
+  cv->ready = TRUE;
+
   GST_DEBUG_OBJECT (self, "input %s %dx%d -> model %s %dx%d%s",
-      gst_video_format_to_string (GST_VIDEO_INFO_FORMAT (&self->in_info)),
-      GST_VIDEO_INFO_WIDTH (&self->in_info),
-      GST_VIDEO_INFO_HEIGHT (&self->in_info), gst_video_format_to_string (fmt),
-      e->W, e->H, self->direct ? " (no conversion)" : "");
+      gst_video_format_to_string (GST_VIDEO_INFO_FORMAT (&cv->info)),
+      GST_VIDEO_INFO_WIDTH (&cv->info), GST_VIDEO_INFO_HEIGHT (&cv->info),
+      gst_video_format_to_string (fmt), e->W, e->H,
+      direct ? " (no conversion)" : "");
   return TRUE;
 }
 
-/* Writes the frame as normalized float NCHW into self->input. */
+/* opts.preprocess: turns one raw frame (RawHeader + pixels) into normalized float NCHW
+ * (C x H x W). Runs on stage 0's worker, or inside push with the next-frame loss. */
 static void
-gst_partimenet_fill_input (GstPartimenet * self, GstVideoFrame * in)
+gst_partimenet_preprocess (void *user, const void *raw, size_t n,
+    float *input)
 {
-  const Engine *e = self->eng;
-  GstVideoFrame *f = in;
+  GstPartimenet *self = user;
+  Converter *cv = &self->conv;
+  const RawHeader *hdr = raw;
+  GstVideoFrame src, *f = &src;
   const guint8 *data;
   gint stride, ps, x, y, c;
-  gint plane_px = e->H * e->W;
+  gsize plane_px;
 
-  if (!self->direct) {
-    gst_video_converter_frame (self->convert, in, &self->conv_frame);
-    f = &self->conv_frame;
+  GST_LOG_OBJECT (self, "converting a frame of %" G_GSIZE_FORMAT " bytes", n);
+  if (G_UNLIKELY (!cv->ready
+          || n != RAW_HEADER_SIZE + GST_VIDEO_INFO_SIZE (&cv->info))) {
+    /* cannot happen unless the converter changed under a waiting frame */
+    GST_ERROR_OBJECT (self, "a raw frame of %" G_GSIZE_FORMAT " bytes does "
+        "not match the converter", n);
+    memset (input, 0, (gsize) cv->C * cv->H * cv->W * sizeof (gfloat));
+    return;
+  }
+  frame_over_bytes (&src, &cv->info, (guint8 *) raw + RAW_HEADER_SIZE);
+  if (cv->convert) {
+    gst_video_converter_frame (cv->convert, &src, &cv->out_frame);
+    f = &cv->out_frame;
   }
   data = GST_VIDEO_FRAME_PLANE_DATA (f, 0);
   stride = GST_VIDEO_FRAME_PLANE_STRIDE (f, 0);
   ps = GST_VIDEO_FRAME_COMP_PSTRIDE (f, 0);
-  for (c = 0; c < e->C; c++) {
+  plane_px = (gsize) cv->H * cv->W;
+  for (c = 0; c < cv->C; c++) {
     const gint off = GST_VIDEO_FRAME_COMP_OFFSET (f, c);
-    const gfloat a = self->norm_a[c], b = self->norm_b[c];
-    gfloat *dst = self->input + (gsize) c * plane_px;
-    for (y = 0; y < e->H; y++) {
+    const gfloat a = hdr->a[c], b = hdr->b[c];
+    gfloat *dst = input + (gsize) c * plane_px;
+    for (y = 0; y < cv->H; y++) {
       const guint8 *row = data + (gsize) y * stride + off;
-      gfloat *d = dst + (gsize) y * e->W;
-      for (x = 0; x < e->W; x++)
+      gfloat *d = dst + (gsize) y * cv->W;
+      for (x = 0; x < cv->W; x++)
         d[x] = row[(gsize) x * ps] * a + b;
     }
   }
+}
+
+/* Packs `buf` into the staging block behind the current normalization. */
+static gboolean
+gst_partimenet_pack_frame (GstPartimenet * self, GstBuffer * buf)
+{
+  RawHeader *hdr = (RawHeader *) self->raw;
+  GstVideoFrame in;
+  gboolean ok;
+
+  if (!gst_video_frame_map (&in, &self->in_info, buf, GST_MAP_READ))
+    return FALSE;
+  memcpy (hdr->a, self->norm_a, sizeof (hdr->a));
+  memcpy (hdr->b, self->norm_b, sizeof (hdr->b));
+  ok = gst_video_frame_copy (&self->raw_frame, &in);
+  gst_video_frame_unmap (&in);
+  return ok;
 }
 
 /* ---- installing an engine ---- */
@@ -878,6 +1003,76 @@ gst_partimenet_post_model_message (GstPartimenet * self, const Engine * e)
       gst_message_new_element (GST_OBJECT (self), s));
 }
 
+/* Replaces the running engine's stream by one built from the current settings, cut as `balance`
+ * says (NULL: as the settings say) and taking raw frames of at least `raw_bytes`. The weights
+ * live in the model and stay; the optimizer state starts afresh. The old stream must be drained.
+ * On failure the old stream keeps running. */
+static gboolean
+gst_partimenet_rebuild_stream (GstPartimenet * self, const gchar * balance,
+    gsize raw_bytes, GError ** error)
+{
+  Engine *e = self->eng;
+  Engine old = *e;
+  Settings s = { 0 };
+  gboolean ok;
+
+  GST_OBJECT_LOCK (self);
+  settings_snapshot (self, &s);
+  /* the new stream takes the current loss, optimizer and hyperparameters */
+  self->settings_dirty = FALSE;
+  self->hyper_dirty = FALSE;
+  GST_OBJECT_UNLOCK (self);
+  s.raw_bytes = MAX (s.raw_bytes, raw_bytes);
+
+  e->stream = NULL;
+  ok = engine_make_stream (self, e, &s, balance, error);
+  if (!ok) {
+    e->stream = old.stream;
+    e->loss = old.loss;
+    e->depth = old.depth;
+    e->lag = old.lag;
+    e->raw_bytes = old.raw_bytes;
+    settings_clear (&s);
+    return FALSE;
+  }
+  self->updates_base += stream_updates (old.stream);
+  pt_stream_free (old.stream);
+  self->stream_train = s.train && e->loss != PT_LOSS_NONE;
+  self->restores_seen = 0;
+  if (old.depth != e->depth)
+    self->reported_latency = GST_CLOCK_TIME_NONE;
+  gst_partimenet_update_latency (self);
+  settings_clear (&s);
+  return TRUE;
+}
+
+/* Makes sure the stream takes raw frames of the current caps: a bigger frame needs a new stream,
+ * cut where the running one is. Streaming thread, with the stream drained or new. */
+static gboolean
+gst_partimenet_fit_raw (GstPartimenet * self, GError ** error)
+{
+  pt_stream_stats *st;
+  GString *balance;
+  gboolean ok;
+  gint j;
+
+  if (!self->eng || !self->have_info || self->raw_size <= self->eng->raw_bytes)
+    return TRUE;
+  st = g_new0 (pt_stream_stats, 1);
+  pt_stream_get_stats (self->eng->stream, st);
+  balance = g_string_new (NULL);
+  for (j = 0; j < st->stages; j++)
+    g_string_append_printf (balance, j ? ",%d" : "%d", st->stage[j].n_nodes);
+  g_free (st);
+  GST_DEBUG_OBJECT (self, "frames of %" G_GSIZE_FORMAT " bytes need a new "
+      "stream (the running one takes %" G_GSIZE_FORMAT "); balance %s",
+      self->raw_size, self->eng->raw_bytes, balance->str);
+  ok = gst_partimenet_rebuild_stream (self, balance->str, self->raw_size,
+      error);
+  g_string_free (balance, TRUE);
+  return ok;
+}
+
 /* Makes `e` the running engine: buffers sized for its shapes, converter, pool. Streaming thread
  * or start. Takes ownership of `e`. */
 static gboolean
@@ -886,10 +1081,9 @@ gst_partimenet_install (GstPartimenet * self, Engine * e, GError ** error)
   GstStructure *config;
   pt_stream_stats *st;
 
+  /* frees the old stream first: its stage 0 no longer uses the converter rebuilt below */
   engine_free (self->eng);
   self->eng = e;
-  g_free (self->input);
-  self->input = g_new0 (gfloat, e->in_numel);
   g_free (self->probs);
   self->probs = e->n_classes > 0 ? g_new0 (gfloat, e->n_classes) : NULL;
   GST_OBJECT_LOCK (self);
@@ -924,6 +1118,8 @@ gst_partimenet_install (GstPartimenet * self, Engine * e, GError ** error)
   if (!gst_partimenet_update_norm (self, error))
     return FALSE;
   if (!gst_partimenet_setup_converter (self, error))
+    return FALSE;
+  if (!gst_partimenet_fit_raw (self, error))
     return FALSE;
   gst_partimenet_post_model_message (self, e);
   return TRUE;
@@ -1415,7 +1611,8 @@ static GstFlowReturn
 gst_partimenet_tick_boundary (GstPartimenet * self)
 {
   Engine *pending;
-  gboolean rebuild, norm, train;
+  gboolean rebuild, hyper, norm, train;
+  gdouble lr, momentum;
   GstFlowReturn ret = GST_FLOW_OK;
   GError *error = NULL;
 
@@ -1424,6 +1621,10 @@ gst_partimenet_tick_boundary (GstPartimenet * self)
   self->pending = NULL;
   rebuild = self->settings_dirty;
   self->settings_dirty = FALSE;
+  hyper = self->hyper_dirty;
+  self->hyper_dirty = FALSE;
+  lr = self->lr;
+  momentum = self->momentum;
   norm = self->norm_dirty;
   train = self->train;
   GST_OBJECT_UNLOCK (self);
@@ -1446,25 +1647,28 @@ gst_partimenet_tick_boundary (GstPartimenet * self)
     rebuild = FALSE;
     norm = FALSE;
   } else if (rebuild && self->eng) {
-    Settings s = { 0 };
-    GST_DEBUG_OBJECT (self, "training settings changed: rebuilding the stream");
+    /* a new loss or optimizer: the optimizer state cannot carry over */
+    GST_DEBUG_OBJECT (self, "loss or optimizer changed: rebuilding the stream");
     ret = gst_partimenet_drain (self);
-    self->updates_base += stream_updates (self->eng->stream);
-    pt_stream_free (self->eng->stream);
-    self->eng->stream = NULL;
-    GST_OBJECT_LOCK (self);
-    settings_snapshot (self, &s);
-    GST_OBJECT_UNLOCK (self);
-    if (!engine_make_stream (self, self->eng, &s, &error)) {
-      settings_clear (&s);
-      post_gerror (self, GST_MESSAGE_ERROR, error, "new training settings");
+    if (gst_partimenet_rebuild_stream (self, NULL, self->raw_size, &error)) {
+      hyper = FALSE;            /* the new stream has them */
+    } else {
+      GST_WARNING_OBJECT (self, "new training settings: %s", error->message);
+      gst_element_message_full (GST_ELEMENT (self), GST_MESSAGE_WARNING,
+          error->domain, error->code,
+          g_strdup_printf ("Keeping the previous training settings: %s",
+              error->message), NULL, __FILE__, GST_FUNCTION, __LINE__);
       g_clear_error (&error);
-      return GST_FLOW_ERROR;
     }
-    self->stream_train = s.train && self->eng->loss != PT_LOSS_NONE;
-    settings_clear (&s);
-    self->restores_seen = 0;
-    gst_partimenet_update_latency (self);
+  }
+  if (hyper && self->eng) {
+    /* applies from the next tick on; optimizer state (momentum, Adam's moments) carries over */
+    if (pt_stream_set_hyperparams (self->eng->stream, (float) lr,
+            (float) momentum, 0.0f) == PT_OK)
+      GST_DEBUG_OBJECT (self, "learning rate %g, momentum %g", lr, momentum);
+    else
+      GST_WARNING_OBJECT (self, "cannot set learning rate %g, momentum %g: %s",
+          lr, momentum, pt_stream_last_error (self->eng->stream));
   }
   if (norm && !gst_partimenet_update_norm (self, &error)) {
     post_gerror (self, GST_MESSAGE_WARNING, error, "keeping the old values");
@@ -1545,6 +1749,35 @@ gst_partimenet_is_late (GstPartimenet * self, GstBuffer * buf,
   return FALSE;
 }
 
+/* The pipeline is busy when stage 0 or the last stage has not finished the tick issued last: a
+ * frame pushed now would wait for earlier frames' work (and, when the source is faster than the
+ * network for good, so would every frame after it). `jitter` estimates how far behind that
+ * stage is, from its mean time per tick. */
+static gboolean
+gst_partimenet_is_busy (GstPartimenet * self, GstClockTimeDiff * jitter)
+{
+  pt_stream_stats *st = (pt_stream_stats *) g_alloca (sizeof (pt_stream_stats));
+  const pt_stage_stats *first, *last, *slow;
+  gint64 behind_first, behind_last, behind;
+  gdouble per_tick;
+
+  pt_stream_get_stats (self->eng->stream, st);
+  first = &st->stage[0];
+  last = &st->stage[st->stages - 1];
+  behind_first = st->ticks - first->done;
+  behind_last = st->ticks - last->done;
+  if (behind_first <= 0 && behind_last <= 0)
+    return FALSE;
+  slow = behind_first >= behind_last ? first : last;
+  behind = MAX (behind_first, behind_last);
+  per_tick = slow->ticks > 0 ? slow->busy_s / slow->ticks : self->tick_s;
+  *jitter = (GstClockTimeDiff) (behind * per_tick * GST_SECOND);
+  GST_LOG_OBJECT (self, "busy: %" G_GINT64_FORMAT " tick(s) issued, stage 0 "
+      "finished %" G_GINT64_FORMAT ", stage %d %" G_GINT64_FORMAT, st->ticks,
+      first->done, st->stages - 1, last->done);
+  return TRUE;
+}
+
 static void
 gst_partimenet_post_qos (GstPartimenet * self, GstBuffer * buf,
     GstClockTime rt, GstClockTimeDiff jitter)
@@ -1571,7 +1804,6 @@ gst_partimenet_chain (GstPad * pad, GstObject * parent, GstBuffer * buf)
   GstPartimenet *self = GST_PARTIMENET (parent);
   GstPartimenetOverload overload;
   GstPartimenetTargetMeta *tmeta;
-  GstVideoFrame frame;
   GstFlowReturn ret;
   pt_target target, *tp = NULL;
   Item it;
@@ -1604,11 +1836,17 @@ gst_partimenet_chain (GstPad * pad, GstObject * parent, GstBuffer * buf)
   if (overload != GST_PARTIMENET_OVERLOAD_BLOCK) {
     GstClockTime rt = GST_CLOCK_TIME_NONE;
     GstClockTimeDiff jitter = 0;
-    if (gst_partimenet_is_late (self, buf, &rt, &jitter)) {
+    gboolean late = gst_partimenet_is_late (self, buf, &rt, &jitter);
+    gboolean busy = !late && gst_partimenet_is_busy (self, &jitter);
+
+    if (late || busy) {
       self->n_dropped++;
+      if (busy && self->segment.format == GST_FORMAT_TIME)
+        rt = gst_segment_to_running_time (&self->segment, GST_FORMAT_TIME,
+            GST_BUFFER_PTS (buf));
       GST_DEBUG_OBJECT (self, "frame %" G_GUINT64_FORMAT " is %"
-          GST_STIME_FORMAT " late: skipping the network", index,
-          GST_STIME_ARGS (jitter));
+          GST_STIME_FORMAT " late%s: skipping the network", index,
+          GST_STIME_ARGS (jitter), busy ? " (the network is busy)" : "");
       gst_partimenet_post_qos (self, buf, rt, jitter);
       if (overload == GST_PARTIMENET_OVERLOAD_DISCARD) {
         gst_buffer_unref (buf);
@@ -1623,7 +1861,8 @@ gst_partimenet_chain (GstPad * pad, GstObject * parent, GstBuffer * buf)
   }
 
   t0 = g_get_monotonic_time ();
-  if (!gst_video_frame_map (&frame, &self->in_info, buf, GST_MAP_READ)) {
+  /* only a copy here: stage 0 converts it (gst_partimenet_preprocess) */
+  if (!gst_partimenet_pack_frame (self, buf)) {
     GST_ELEMENT_ERROR (self, STREAM, FORMAT, ("Cannot read the video frame"),
         ("buffer of %" G_GSIZE_FORMAT " bytes for %s", gst_buffer_get_size (buf),
             gst_video_format_to_string (GST_VIDEO_INFO_FORMAT
@@ -1631,8 +1870,6 @@ gst_partimenet_chain (GstPad * pad, GstObject * parent, GstBuffer * buf)
     gst_buffer_unref (buf);
     return GST_FLOW_ERROR;
   }
-  gst_partimenet_fill_input (self, &frame);
-  gst_video_frame_unmap (&frame);
 
   tmeta = gst_buffer_get_partimenet_target_meta (buf);
   if (tmeta) {
@@ -1660,7 +1897,8 @@ gst_partimenet_chain (GstPad * pad, GstObject * parent, GstBuffer * buf)
     }
   }
 
-  if (pt_stream_push (self->eng->stream, self->input, tp, buf) != PT_OK) {
+  if (pt_stream_push_raw (self->eng->stream, self->raw, self->raw_size, tp,
+          buf) != PT_OK) {
     GST_ELEMENT_ERROR (self, STREAM, FAILED, ("The network failed on frame %"
             G_GUINT64_FORMAT ": %s", index,
             pt_stream_last_error (self->eng->stream)), (NULL));
@@ -1697,12 +1935,23 @@ gst_partimenet_queue_event (GstPartimenet * self, GstEvent * event)
   return TRUE;
 }
 
+/* Whether frames of `a` and `b` differ in what the converter reads (anything but the rate). */
+static gboolean
+layout_differs (const GstVideoInfo * a, const GstVideoInfo * b)
+{
+  GstVideoInfo t = *b;
+
+  GST_VIDEO_INFO_FPS_N (&t) = GST_VIDEO_INFO_FPS_N (a);
+  GST_VIDEO_INFO_FPS_D (&t) = GST_VIDEO_INFO_FPS_D (a);
+  return !gst_video_info_is_equal (a, &t);
+}
+
 static gboolean
 gst_partimenet_set_caps (GstPartimenet * self, GstCaps * caps)
 {
   GstVideoInfo info;
   GError *error = NULL;
-  gboolean rate_changed;
+  gboolean rate_changed, layout_changed;
 
   if (!gst_video_info_from_caps (&info, caps)) {
     GST_ELEMENT_ERROR (self, CORE, NEGOTIATION, ("Invalid caps"),
@@ -1712,9 +1961,18 @@ gst_partimenet_set_caps (GstPartimenet * self, GstCaps * caps)
   rate_changed = !self->have_info
       || GST_VIDEO_INFO_FPS_N (&info) != GST_VIDEO_INFO_FPS_N (&self->in_info)
       || GST_VIDEO_INFO_FPS_D (&info) != GST_VIDEO_INFO_FPS_D (&self->in_info);
+  layout_changed = !self->have_info || !self->conv.ready
+      || layout_differs (&self->in_info, &info);
+  if (layout_changed && self->have_info) {
+    /* frames waiting for stage 0 are in the old layout: bring them all out before the converter
+     * changes (the caps event then follows them) */
+    GST_DEBUG_OBJECT (self, "new frame layout: draining the stream");
+    gst_partimenet_drain (self);
+  }
   self->in_info = info;
   self->have_info = TRUE;
-  if (!gst_partimenet_setup_converter (self, &error)) {
+  if (layout_changed && (!gst_partimenet_setup_converter (self, &error)
+          || !gst_partimenet_fit_raw (self, &error))) {
     post_gerror (self, GST_MESSAGE_ERROR, error, NULL);
     g_clear_error (&error);
     self->have_info = FALSE;
@@ -1941,6 +2199,7 @@ gst_partimenet_start (GstPartimenet * self)
   Engine *e;
 
   GST_OBJECT_LOCK (self);
+  self->raw_hint = 0;           /* no caps yet */
   settings_snapshot (self, &s);
   spec = g_strdup (self->model_spec);
   labels = g_strdup (self->labels_path);
@@ -1952,6 +2211,7 @@ gst_partimenet_start (GstPartimenet * self)
   self->stat_loss = NAN;
   self->stat_trained = 0;
   self->settings_dirty = FALSE;
+  self->hyper_dirty = FALSE;
   self->norm_dirty = FALSE;
   GST_OBJECT_UNLOCK (self);
 
@@ -2021,9 +2281,9 @@ gst_partimenet_stop (GstPartimenet * self)
     gst_queue_array_free (self->items);
     self->items = NULL;
   }
-  gst_partimenet_free_converter (self);
+  /* the stream first: its stage 0 may use the converter until it stops */
   g_clear_pointer (&self->eng, engine_free);
-  g_clear_pointer (&self->input, g_free);
+  gst_partimenet_free_converter (self);
   g_clear_pointer (&self->probs, g_free);
   if (self->tensor_pool) {
     gst_buffer_pool_set_active (self->tensor_pool, FALSE);
@@ -2116,19 +2376,19 @@ gst_partimenet_set_property (GObject * object, guint prop_id,
       break;
     case PROP_LOSS:
       self->loss = g_value_get_enum (value);
-      self->settings_dirty = gst_partimenet_running (self);
+      self->settings_dirty |= gst_partimenet_running (self);
       break;
     case PROP_OPTIMIZER:
       self->optimizer = g_value_get_enum (value);
-      self->settings_dirty = gst_partimenet_running (self);
+      self->settings_dirty |= gst_partimenet_running (self);
       break;
     case PROP_LEARNING_RATE:
       self->lr = g_value_get_double (value);
-      self->settings_dirty = gst_partimenet_running (self);
+      self->hyper_dirty = gst_partimenet_running (self);
       break;
     case PROP_MOMENTUM:
       self->momentum = g_value_get_double (value);
-      self->settings_dirty = gst_partimenet_running (self);
+      self->hyper_dirty = gst_partimenet_running (self);
       break;
     case PROP_CHECKPOINT:
       g_free (self->checkpoint);
@@ -2355,10 +2615,13 @@ gst_partimenet_class_init (GstPartimenetClass * klass)
           rw | GST_PARAM_MUTABLE_PLAYING));
   g_object_class_install_property (gobject_class, PROP_LEARNING_RATE,
       g_param_spec_double ("learning-rate", "Learning rate",
-          "Step size; 0 freezes the weights while losses are still computed",
+          "Step size; 0 freezes the weights while losses are still computed. "
+          "Changed in PLAYING it applies from the next frame, optimizer state "
+          "kept",
           0.0, 10.0, DEFAULT_LEARNING_RATE, rw | GST_PARAM_MUTABLE_PLAYING));
   g_object_class_install_property (gobject_class, PROP_MOMENTUM,
-      g_param_spec_double ("momentum", "Momentum", "SGD momentum",
+      g_param_spec_double ("momentum", "Momentum", "SGD momentum (changed in "
+          "PLAYING: from the next frame, optimizer state kept)",
           0.0, 0.999999, DEFAULT_MOMENTUM, rw | GST_PARAM_MUTABLE_PLAYING));
   g_object_class_install_property (gobject_class, PROP_CHECKPOINT,
       g_param_spec_string ("checkpoint", "Checkpoint",
@@ -2374,8 +2637,9 @@ gst_partimenet_class_init (GstPartimenetClass * klass)
   g_object_class_install_property (gobject_class, PROP_OVERLOAD,
       g_param_spec_enum ("overload", "Overload",
           "What to do with a frame that arrives too late to be processed in "
-          "time (downstream QoS, or a live clock); a QoS message is posted for "
-          "each skipped frame", GST_TYPE_PARTIMENET_OVERLOAD, DEFAULT_OVERLOAD,
+          "time (downstream QoS, a live clock, or the network still busy with "
+          "earlier frames); a QoS message is posted for each skipped frame",
+          GST_TYPE_PARTIMENET_OVERLOAD, DEFAULT_OVERLOAD,
           rw | GST_PARAM_MUTABLE_PLAYING));
   g_object_class_install_property (gobject_class, PROP_POST_MESSAGES,
       g_param_spec_boolean ("post-messages", "Post messages",

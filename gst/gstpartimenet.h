@@ -25,7 +25,9 @@ G_DECLARE_FINAL_TYPE (GstPartimenet, gst_partimenet, GST, PARTIMENET,
  *   results
  * @GST_PARTIMENET_OVERLOAD_DISCARD: a late frame skips the network and is not passed on
  *
- * What happens to a frame that arrives too late to be processed in time.
+ * What happens to a frame that arrives too late to be processed in time: downstream said so
+ * (QoS), it reached the element late against a live clock, or the network had not finished
+ * the previous frame's first or last stage yet.
  */
 typedef enum
 {

@@ -37,6 +37,7 @@
 #include "stream_internal.h"
 
 #define PT_BACKUP_EVERY 64
+#define PT_RAW_RING 4       /* raw frames waiting for stage 0 to convert them */
 #define PT_RESULT_QUEUE 16 /* finished results that may wait for pop beyond those in flight */
 
 typedef enum slot_state { SLOT_FREE, SLOT_IN_FLIGHT, SLOT_DONE, SLOT_POPPED } slot_state;
@@ -47,9 +48,8 @@ typedef struct slot {
   int64_t entry_tick; /* the tick at which it entered stage 0, -1 while it waits to enter */
   void *user;
   float *input;  /* the frame (numel of the input) */
-  unsigned char *raw; /* a raw frame waiting for opts.preprocess on stage 0 */
+  int raw;       /* index in the raw ring of a frame waiting for opts.preprocess, or -1 */
   size_t raw_n;
-  bool raw_pending;
   float *target; /* mse / next-frame target (numel of the output) */
   int64_t cls;
   bool has_target;
@@ -116,6 +116,9 @@ struct pt_stream {
   bool threaded;
   bool train_on;
   hyper h;
+  unsigned char *raw[PT_RAW_RING];
+  bool raw_busy[PT_RAW_RING];
+  int64_t raw_next;
 
   tick_desc *ticks;
   int n_ticks_ring;
@@ -461,12 +464,16 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
     sl->input = calloc(s->in_numel, sizeof(float));
     sl->output = calloc(s->out_numel, sizeof(float));
     sl->target = calloc(s->out_numel, sizeof(float));
-    if (o->raw_bytes) sl->raw = malloc(o->raw_bytes);
-    if (!sl->input || !sl->output || !sl->target || (o->raw_bytes && !sl->raw)) {
+    if (!sl->input || !sl->output || !sl->target) {
       st = pt_error_set(err, PT_ERR_NOMEM, "out of memory allocating frame slots");
       goto fail;
     }
   }
+  for (int i = 0; i < PT_RAW_RING && o->raw_bytes; i++)
+    if (!(s->raw[i] = malloc(o->raw_bytes))) {
+      st = pt_error_set(err, PT_ERR_NOMEM, "out of memory allocating raw frame buffers");
+      goto fail;
+    }
   for (int j = 0; j < D; j++) {
     stage *g = &s->st[j];
     g->s = s;
@@ -534,8 +541,8 @@ void pt_stream_free(pt_stream *s) {
     free(s->slots[i].input);
     free(s->slots[i].output);
     free(s->slots[i].target);
-    free(s->slots[i].raw);
   }
+  for (int i = 0; i < PT_RAW_RING; i++) free(s->raw[i]);
   free(s->slots);
   free(s->ticks);
   free(s->st);
@@ -632,9 +639,13 @@ static void run_tick(stage *g, int64_t k) {
   slot *sl = &s->slots[td->slot];
   double t0 = now_s();
   g->ticks_real++;
-  if (j == 0 && sl->raw_pending) {
-    s->o.preprocess(s->o.preprocess_user, sl->raw, sl->raw_n, sl->input);
-    sl->raw_pending = false;
+  if (j == 0 && sl->raw >= 0) {
+    s->o.preprocess(s->o.preprocess_user, s->raw[sl->raw], sl->raw_n, sl->input);
+    pthread_mutex_lock(&s->mu);
+    s->raw_busy[sl->raw] = false;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    sl->raw = -1;
   }
 
   /* Bind the inputs and the outputs that cross to the next stage (written in place). */
@@ -874,15 +885,21 @@ static pt_status push(pt_stream *s, const float *frame, const void *raw, size_t 
   sl->trained = false;
   sl->step = 0;
   sl->has_target = false;
-  sl->raw_pending = false;
+  sl->raw = -1;
   if (frame) {
     memcpy(sl->input, frame, s->in_numel * sizeof(float));
   } else if (s->o.train.loss == PT_LOSS_NEXT_FRAME) {
     s->o.preprocess(s->o.preprocess_user, raw, raw_n, sl->input);
   } else {
-    memcpy(sl->raw, raw, raw_n);
+    /* a raw buffer frees once stage 0 has converted its frame: waiting here always ends */
+    int r = (int)(s->raw_next++ % PT_RAW_RING);
+    pthread_mutex_lock(&s->mu);
+    while (s->raw_busy[r]) pthread_cond_wait(&s->cv, &s->mu);
+    s->raw_busy[r] = true;
+    pthread_mutex_unlock(&s->mu);
+    memcpy(s->raw[r], raw, raw_n);
+    sl->raw = r;
     sl->raw_n = raw_n;
-    sl->raw_pending = true;
   }
   if (target) {
     sl->cls = target->class_index;

@@ -89,7 +89,8 @@ void pt_stream_free(pt_stream *s);
 pt_status pt_stream_push(pt_stream *s, const float *frame, const pt_target *target, void *user);
 
 /* Like pt_stream_push, for a raw frame that opts.preprocess converts on stage 0's worker; the n
- * bytes are copied before return. */
+ * bytes are copied before return. Four raw frames may wait for conversion; a fifth push waits
+ * until stage 0 has converted the oldest. */
 pt_status pt_stream_push_raw(pt_stream *s, const void *raw, size_t n, const pt_target *target,
                              void *user);
 

@@ -90,14 +90,15 @@ make_frame (const GstVideoInfo * info, guint seed, GstClockTime pts)
   return b;
 }
 
-/* The floats the element feeds the model for an RGB frame of the model's size, default
- * normalization (pixel / 255). */
+/* The floats the element feeds the model for an RGB frame of the model's size, normalized with
+ * `scale` (mean 0, std 1). */
 static void
-frame_to_input (const GstVideoInfo * info, GstBuffer * b, gfloat * out)
+frame_to_input_scaled (const GstVideoInfo * info, GstBuffer * b, gdouble scale,
+    gfloat * out)
 {
   GstVideoFrame f;
   gint W = GST_VIDEO_INFO_WIDTH (info), H = GST_VIDEO_INFO_HEIGHT (info);
-  const gfloat a = (gfloat) (1.0 / 255.0) / 1.0f, off = -0.0f / 1.0f;
+  const gfloat a = (gfloat) scale / 1.0f, off = -0.0f / 1.0f;
   gint x, y, c;
 
   fail_unless (gst_video_frame_map (&f, (GstVideoInfo *) info, b,
@@ -110,6 +111,13 @@ frame_to_input (const GstVideoInfo * info, GstBuffer * b, gfloat * out)
         out[(c * H + y) * W + x] = row[x * 3 + c] * a + off;
     }
   gst_video_frame_unmap (&f);
+}
+
+/* The same with the default normalization (pixel / 255). */
+static void
+frame_to_input (const GstVideoInfo * info, GstBuffer * b, gfloat * out)
+{
+  frame_to_input_scaled (info, b, 1.0 / 255.0, out);
 }
 
 static gboolean
@@ -510,6 +518,9 @@ GST_START_TEST (test_caps_change_mid_stream)
   GstVideoInfo a = info_from_string (AE_CAPS);
   GstVideoInfo b = info_from_string
       ("video/x-raw,format=NV12,width=97,height=61,framerate=30/1");
+  /* bigger frames than the stream was built for: it is rebuilt, cut where it was */
+  GstVideoInfo c = info_from_string
+      ("video/x-raw,format=I420,width=320,height=240,framerate=30/1");
   GString *seq = g_string_new (NULL);
   GstPad *src = gst_element_get_static_pad (h->element, "src");
   guint i;
@@ -523,15 +534,22 @@ GST_START_TEST (test_caps_change_mid_stream)
       "video/x-raw,format=NV12,width=97,height=61,framerate=30/1");
   for (i = 4; i < 8; i++)
     gst_harness_push (h, make_frame (&b, i, i * FRAME_NS));
+  gst_harness_set_src_caps_str (h,
+      "video/x-raw,format=I420,width=320,height=240,framerate=30/1");
+  for (i = 8; i < 12; i++)
+    gst_harness_push (h, make_frame (&c, i, i * FRAME_NS));
   push_eos (h);
-  fail_unless_equals_string (seq->str, "CBBBBCBBBBE");
-  for (i = 0; i < 8; i++) {
+  fail_unless_equals_string (seq->str, "CBBBBCBBBBCBBBBE");
+  for (i = 0; i < 12; i++) {
     GstBuffer *buf = gst_harness_pull (h);
     GstPartimenetMeta *m = gst_buffer_get_partimenet_meta (buf);
     fail_unless (m != NULL);
     fail_unless_equals_uint64 (m->frame, i);
+    fail_unless_equals_int (m->stages, 3);
+    fail_unless (isfinite (m->loss), "frame %u: loss %g", i, m->loss);
     fail_unless_equals_int (gst_buffer_get_size (buf),
-        i < 4 ? GST_VIDEO_INFO_SIZE (&a) : GST_VIDEO_INFO_SIZE (&b));
+        i < 4 ? GST_VIDEO_INFO_SIZE (&a) : i < 8 ? GST_VIDEO_INFO_SIZE (&b) :
+        GST_VIDEO_INFO_SIZE (&c));
     gst_buffer_unref (buf);
   }
   g_string_free (seq, TRUE);
@@ -625,6 +643,7 @@ GST_START_TEST (test_properties_from_another_thread)
   GThread *t;
   guint i, n = 1000;
   guint64 trained;
+  gint64 last_step = 0;
 
   gst_harness_set_src_caps_str (h, CLS_CAPS);
   t = g_thread_new ("changer", change_properties, &c);
@@ -645,8 +664,13 @@ GST_START_TEST (test_properties_from_another_thread)
     fail_unless (m != NULL);
     fail_unless_equals_int (m->output_size, 10);
     fail_unless (m->n_top >= 1 && m->n_top <= 10);
+    /* learning rate and momentum changes keep the stream: its step count never restarts */
+    fail_unless (m->step >= last_step, "frame %u: step %" G_GINT64_FORMAT
+        " after %" G_GINT64_FORMAT, i, m->step, last_step);
+    last_step = m->step;
     gst_buffer_unref (b);
   }
+  fail_unless (last_step > 0);
   g_object_get (h->element, "frames-trained", &trained, NULL);
   fail_unless (trained > 0);
   gst_harness_teardown (h);
@@ -1172,6 +1196,340 @@ GST_START_TEST (test_messages)
 
 GST_END_TEST;
 
+/* ---- input conversion on stage 0 ---- */
+
+/* Holds the element's conversion of a frame where it runs, to show which thread runs it and what
+ * the streaming thread does meanwhile. The hook is the log line gst_partimenet_preprocess()
+ * writes before it converts: a log function sees it on the converting thread and can make that
+ * thread wait there. */
+typedef struct
+{
+  GMutex lock;
+  GCond cond;
+  GThread *streaming;           /* the test thread: the harness pushes from it */
+  guint on_streaming, elsewhere;        /* conversions seen on each side */
+  gboolean hold;                /* make the next conversion off the streaming thread wait */
+  gboolean holding;             /* one waits now */
+} Gate;
+
+static Gate gate;
+
+static void
+gate_log (GstDebugCategory * cat, GstDebugLevel level, const gchar * file,
+    const gchar * function, gint line, GObject * object, GstDebugMessage * msg,
+    gpointer user)
+{
+  if (g_strcmp0 (gst_debug_category_get_name (cat), "partimenet") != 0
+      || g_strcmp0 (function, "gst_partimenet_preprocess") != 0)
+    return;
+  g_mutex_lock (&gate.lock);
+  if (g_thread_self () == gate.streaming) {
+    gate.on_streaming++;
+  } else {
+    gate.elsewhere++;
+    if (gate.hold) {
+      gate.hold = FALSE;
+      gate.holding = TRUE;
+      g_cond_broadcast (&gate.cond);
+      while (gate.holding)
+        g_cond_wait (&gate.cond, &gate.lock);
+    }
+  }
+  g_mutex_unlock (&gate.lock);
+}
+
+static void
+gate_install (void)
+{
+#ifdef GST_DISABLE_GST_DEBUG
+  fail ("GStreamer was built without its debug system: cannot observe "
+      "the conversion");
+#endif
+  g_mutex_lock (&gate.lock);
+  gate.streaming = g_thread_self ();
+  gate.on_streaming = gate.elsewhere = 0;
+  gate.hold = gate.holding = FALSE;
+  g_mutex_unlock (&gate.lock);
+  gst_debug_set_active (TRUE);
+  gst_debug_set_threshold_for_name ("partimenet", GST_LEVEL_LOG);
+  /* the element's other LOG lines would flood the test's output */
+  gst_debug_remove_log_function (gst_debug_log_default);
+  gst_debug_add_log_function (gate_log, NULL, NULL);
+}
+
+static void
+gate_remove (void)
+{
+  gst_debug_remove_log_function (gate_log);
+  gst_debug_add_log_function (gst_debug_log_default, NULL, NULL);
+  gst_debug_set_threshold_for_name ("partimenet", GST_LEVEL_WARNING);
+}
+
+static void
+gate_reset_counts (void)
+{
+  g_mutex_lock (&gate.lock);
+  gate.on_streaming = gate.elsewhere = 0;
+  g_mutex_unlock (&gate.lock);
+}
+
+static void
+gate_count (guint * on_streaming, guint * elsewhere)
+{
+  g_mutex_lock (&gate.lock);
+  *on_streaming = gate.on_streaming;
+  *elsewhere = gate.elsewhere;
+  g_mutex_unlock (&gate.lock);
+}
+
+/* The next conversion off the streaming thread will wait for gate_release(). */
+static void
+gate_hold (void)
+{
+  g_mutex_lock (&gate.lock);
+  gate.hold = TRUE;
+  g_mutex_unlock (&gate.lock);
+}
+
+/* Waits until a conversion is held; FALSE if none comes within 10 s. */
+static gboolean
+gate_wait_held (void)
+{
+  gint64 end = g_get_monotonic_time () + 10 * G_TIME_SPAN_SECOND;
+  gboolean held;
+
+  g_mutex_lock (&gate.lock);
+  while (!gate.holding && g_cond_wait_until (&gate.cond, &gate.lock, end));
+  held = gate.holding;
+  g_mutex_unlock (&gate.lock);
+  return held;
+}
+
+static void
+gate_release (void)
+{
+  g_mutex_lock (&gate.lock);
+  gate.holding = FALSE;
+  g_cond_broadcast (&gate.cond);
+  g_mutex_unlock (&gate.lock);
+}
+
+/* The chain function only copies a frame: stage 0's worker converts it, so pushing returns while
+ * the conversion has not even started. */
+GST_START_TEST (test_conversion_off_streaming_thread)
+{
+  const gchar *caps =
+      "video/x-raw,format=NV12,width=97,height=61,framerate=30/1";
+  GstVideoInfo info = info_from_string (caps);
+  GstHarness *h;
+  guint i, on_streaming, elsewhere;
+
+  gate_install ();
+  /* two stages: frame 0 leaves with frame 1, so pushing it waits for no result */
+  h = harness_new (NULL, "stages", 2, "balance", "4,-1", NULL);
+  gst_harness_set_src_caps_str (h, caps);
+  gate_hold ();
+  fail_unless_equals_int (gst_harness_push (h, make_frame (&info, 0, 0)),
+      GST_FLOW_OK);
+  /* the push returned; the conversion of frame 0 cannot finish until released */
+  fail_unless (gate_wait_held (), "frame 0 was never converted");
+  gate_count (&on_streaming, &elsewhere);
+  fail_unless_equals_int (on_streaming, 0);
+  fail_unless_equals_int (elsewhere, 1);
+  fail_unless_equals_int (gst_harness_buffers_received (h), 0);
+  gate_release ();
+  for (i = 1; i < 6; i++)
+    fail_unless_equals_int (gst_harness_push (h, make_frame (&info, i,
+                i * FRAME_NS)), GST_FLOW_OK);
+  push_eos (h);
+  fail_unless_equals_int (gst_harness_buffers_received (h), 6);
+  for (i = 0; i < 6; i++) {
+    GstBuffer *b = gst_harness_pull (h);
+    GstPartimenetMeta *m = gst_buffer_get_partimenet_meta (b);
+    fail_unless (m != NULL);
+    fail_unless_equals_uint64 (m->frame, i);
+    fail_unless (isfinite (m->loss) && m->loss > 0);
+    gst_buffer_unref (b);
+  }
+  gate_count (&on_streaming, &elsewhere);
+  fail_unless_equals_int (on_streaming, 0);
+  fail_unless_equals_int (elsewhere, 6);
+  gst_harness_teardown (h);
+
+  /* with the next-frame loss a frame is its predecessor's target: push converts it, so the
+   * streaming thread does (and the hook tells the two apart) */
+  gate_reset_counts ();
+  h = harness_new (NULL, "stages", 2, "balance", "4,-1", "loss",
+      5 /* next-frame */ , NULL);
+  gst_harness_set_src_caps_str (h, caps);
+  for (i = 0; i < 4; i++)
+    gst_harness_push (h, make_frame (&info, i, i * FRAME_NS));
+  push_eos (h);
+  fail_unless_equals_int (gst_harness_buffers_received (h), 4);
+  gate_count (&on_streaming, &elsewhere);
+  fail_unless_equals_int (on_streaming, 4);
+  fail_unless_equals_int (elsewhere, 0);
+  gst_harness_teardown (h);
+  gate_remove ();
+}
+
+GST_END_TEST;
+
+/* A frame that arrives while stage 0 still works on the previous tick skips the network with
+ * overload=drop. */
+GST_START_TEST (test_overload_drop_when_busy)
+{
+  GstBus *bus;
+  GstHarness *h;
+  GstVideoInfo info = info_from_string (AE_CAPS);
+  GstMessage *msg;
+  GstBuffer *b;
+  guint64 processed, dropped;
+  GstFormat fmt;
+
+  gate_install ();
+  h = harness_new (&bus, "overload", 1 /* drop */ , "stages", 2, "balance",
+      "4,-1", NULL);
+  gst_harness_set_src_caps_str (h, AE_CAPS);
+  gate_hold ();
+  fail_unless_equals_int (gst_harness_push (h, make_frame (&info, 0, 0)),
+      GST_FLOW_OK);
+  fail_unless (gate_wait_held ());
+  /* stage 0 is stuck in tick 0: frame 1 passes without a result, behind frame 0 */
+  fail_unless_equals_int (gst_harness_push (h, make_frame (&info, 1,
+              FRAME_NS)), GST_FLOW_OK);
+  fail_unless_equals_int (gst_harness_buffers_received (h), 0);
+  msg = wait_message (bus, GST_MESSAGE_QOS, NULL, GST_SECOND);
+  fail_unless (msg != NULL, "no QoS message");
+  gst_message_parse_qos_stats (msg, &fmt, &processed, &dropped);
+  fail_unless_equals_int (fmt, GST_FORMAT_BUFFERS);
+  fail_unless_equals_uint64 (processed, 1);
+  fail_unless_equals_uint64 (dropped, 1);
+  {
+    GstClockTime rt, ts;
+    gboolean live;
+    gst_message_parse_qos (msg, &live, &rt, NULL, &ts, NULL);
+    fail_unless_equals_uint64 (ts, FRAME_NS);
+    fail_unless_equals_uint64 (rt, FRAME_NS);
+  }
+  gst_message_unref (msg);
+  gate_release ();
+  push_eos (h);
+  fail_unless_equals_int (gst_harness_buffers_received (h), 2);
+  b = gst_harness_pull (h);
+  fail_unless_equals_uint64 (GST_BUFFER_PTS (b), 0);
+  fail_unless (gst_buffer_get_partimenet_meta (b) != NULL);
+  gst_buffer_unref (b);
+  b = gst_harness_pull (h);
+  fail_unless_equals_uint64 (GST_BUFFER_PTS (b), FRAME_NS);
+  fail_unless (gst_buffer_get_partimenet_meta (b) == NULL);
+  gst_buffer_unref (b);
+  teardown_with_bus (h, bus);
+  gate_remove ();
+}
+
+GST_END_TEST;
+
+/* A frame is normalized with the scale in force when it arrived, even when stage 0 converts it
+ * after the scale changed. */
+GST_START_TEST (test_normalization_per_frame)
+{
+  GstHarness *h = harness_new (NULL, "train", FALSE, "stages", 3, "balance",
+      "3,3,-1", NULL);
+  GstVideoInfo info = info_from_string (AE_CAPS);
+  const gint64 n = 3 * 64 * 64;
+  gfloat *input = g_new (gfloat, n), *want = g_new (gfloat, n);
+  GstBuffer *frames[6];
+  guint i;
+
+  gst_harness_set_src_caps_str (h, AE_CAPS);
+  for (i = 0; i < 6; i++) {
+    frames[i] = make_frame (&info, i, i * FRAME_NS);
+    if (i == 3)
+      g_object_set (h->element, "scale", 0.5 / 255.0, NULL);
+    gst_harness_push (h, gst_buffer_ref (frames[i]));
+  }
+  push_eos (h);
+  for (i = 0; i < 6; i++) {
+    GstBuffer *b = gst_harness_pull (h);
+    GstPartimenetMeta *m = gst_buffer_get_partimenet_meta (b);
+    gint64 k;
+
+    frame_to_input_scaled (&info, frames[i], i < 3 ? 1.0 / 255.0 : 0.5 / 255.0,
+        input);
+    reference_output (AE, input, want, n);
+    for (k = 0; k < n; k++)
+      fail_unless (close_enough (m->output[k], want[k]), "frame %u output %"
+          G_GINT64_FORMAT ": %g vs %g", i, k, m->output[k], want[k]);
+    gst_buffer_unref (b);
+    gst_buffer_unref (frames[i]);
+  }
+  g_free (input);
+  g_free (want);
+  gst_harness_teardown (h);
+}
+
+GST_END_TEST;
+
+/* Frames with padded rows and planes (a video meta) give what the same frames packed give. */
+GST_START_TEST (test_strided_frames)
+{
+  const gchar *caps =
+      "video/x-raw,format=I420,width=40,height=30,framerate=30/1";
+  GstVideoInfo info = info_from_string (caps);
+  GstHarness *packed = harness_new (NULL, "train", FALSE, NULL);
+  GstHarness *strided = harness_new (NULL, "train", FALSE, NULL);
+  guint k;
+
+  gst_harness_set_src_caps_str (packed, caps);
+  gst_harness_set_src_caps_str (strided, caps);
+  for (k = 0; k < 3; k++) {
+    GstBuffer *a = make_frame (&info, k, k * FRAME_NS), *b, *oa, *ob;
+    GstVideoFrame fa, fb;
+    GstVideoInfo pad = info;
+    gsize offset = 0;
+    guint p;
+
+    /* the same picture with 13 spare bytes per row and 100 between planes */
+    for (p = 0; p < GST_VIDEO_INFO_N_PLANES (&info); p++) {
+      pad.stride[p] = info.stride[p] + 13;
+      pad.offset[p] = offset + 100;
+      offset = pad.offset[p] + (gsize) pad.stride[p] *
+          GST_VIDEO_FORMAT_INFO_SCALE_HEIGHT (info.finfo, p, info.height);
+    }
+    pad.size = offset;
+    b = gst_buffer_new_allocate (NULL, pad.size, NULL);
+    gst_buffer_memset (b, 0, 0xab, pad.size);
+    gst_buffer_add_video_meta_full (b, GST_VIDEO_FRAME_FLAG_NONE,
+        GST_VIDEO_INFO_FORMAT (&info), info.width, info.height,
+        GST_VIDEO_INFO_N_PLANES (&info), pad.offset, pad.stride);
+    fail_unless (gst_video_frame_map (&fa, &info, a, GST_MAP_READ));
+    fail_unless (gst_video_frame_map (&fb, &info, b, GST_MAP_WRITE));
+    fail_unless (gst_video_frame_copy (&fb, &fa));
+    gst_video_frame_unmap (&fb);
+    gst_video_frame_unmap (&fa);
+    GST_BUFFER_PTS (b) = GST_BUFFER_PTS (a);
+
+    oa = gst_harness_push_and_pull (packed, a);
+    ob = gst_harness_push_and_pull (strided, b);
+    {
+      GstPartimenetMeta *ma = gst_buffer_get_partimenet_meta (oa);
+      GstPartimenetMeta *mb = gst_buffer_get_partimenet_meta (ob);
+      fail_unless (ma && mb);
+      fail_unless_equals_int (ma->output_size, mb->output_size);
+      fail_unless (memcmp (ma->output, mb->output,
+              ma->output_size * sizeof (gfloat)) == 0, "frame %u differs", k);
+      fail_unless (ma->loss == mb->loss);
+    }
+    gst_buffer_unref (oa);
+    gst_buffer_unref (ob);
+  }
+  gst_harness_teardown (packed);
+  gst_harness_teardown (strided);
+}
+
+GST_END_TEST;
+
 /* ---- overload ---- */
 
 GST_START_TEST (test_overload_drop_posts_qos)
@@ -1281,26 +1639,36 @@ GST_END_TEST;
 /* A skipped frame still leaves in order behind the frames in flight. */
 GST_START_TEST (test_overload_keeps_order)
 {
-  GstHarness *h = harness_new (NULL, "overload", 1, "stages", 3, "balance",
-      "3,3,-1", NULL);
+  GstHarness *h = harness_new (NULL, "stages", 3, "balance", "3,3,-1", NULL);
   GstVideoInfo info = info_from_string (AE_CAPS);
   guint i;
 
   gst_harness_set_src_caps_str (h, AE_CAPS);
+  /* frames 0-3 go in (block: whatever the network's pace), 0 and 1 leave */
+  for (i = 0; i < 4; i++)
+    gst_harness_push (h, make_frame (&info, i, i * FRAME_NS));
+  fail_unless_equals_int (gst_harness_buffers_received (h), 2);
+  /* frames 4 and 5 are late: they skip the network but wait behind 2 and 3 */
+  g_object_set (h->element, "overload", 1 /* drop */ , NULL);
   gst_harness_push_upstream_event (h,
-      gst_event_new_qos (GST_QOS_TYPE_UNDERFLOW, 0.5, 4 * FRAME_NS - 1, 0));
-  /* frames 0-3 are late, 4-9 on time: but frames are numbered all the same */
-  for (i = 0; i < 10; i++)
-    gst_harness_push (h, make_frame (&info, i, (i < 4 ? i : i + 100) *
-            FRAME_NS));
+      gst_event_new_qos (GST_QOS_TYPE_UNDERFLOW, 0.5, 6 * FRAME_NS - 1, 0));
+  for (i = 4; i < 6; i++)
+    gst_harness_push (h, make_frame (&info, i, i * FRAME_NS));
+  fail_unless_equals_int (gst_harness_buffers_received (h), 2);
+  g_object_set (h->element, "overload", 0 /* block */ , NULL);
+  for (i = 6; i < 10; i++)
+    gst_harness_push (h, make_frame (&info, i, (i + 100) * FRAME_NS));
   push_eos (h);
   fail_unless_equals_int (gst_harness_buffers_received (h), 10);
   for (i = 0; i < 10; i++) {
     GstBuffer *b = gst_harness_pull (h);
     GstPartimenetMeta *m = gst_buffer_get_partimenet_meta (b);
-    fail_unless_equals_uint64 (GST_BUFFER_PTS (b), (i < 4 ? i : i + 100) *
+    fail_unless_equals_uint64 (GST_BUFFER_PTS (b), (i < 6 ? i : i + 100) *
         FRAME_NS);
-    fail_unless ((m != NULL) == (i >= 4));
+    fail_unless ((m != NULL) == (i < 4 || i >= 6), "frame %u", i);
+    /* frames are numbered all the same, skipped or not */
+    if (m)
+      fail_unless_equals_uint64 (m->frame, i);
     gst_buffer_unref (b);
   }
   gst_harness_teardown (h);
@@ -1476,6 +1844,96 @@ GST_START_TEST (test_statistics)
 
 GST_END_TEST;
 
+/* Learning rate and momentum change from the next frame on, without a new stream: the step count
+ * and the optimizer state go on. A new optimizer starts afresh. */
+GST_START_TEST (test_learning_rate_in_playing)
+{
+  GstHarness *h = harness_new (NULL, "learning-rate", 0.01, NULL);
+  GstVideoInfo info = info_from_string (AE_CAPS);
+  const gint64 n = 3 * 64 * 64;
+  gfloat *prev = g_new (gfloat, n);
+  guint k;
+
+  gst_harness_set_src_caps_str (h, AE_CAPS);
+  for (k = 0; k < 12; k++) {
+    GstBuffer *b;
+    GstPartimenetMeta *m;
+
+    if (k == 5)
+      g_object_set (h->element, "learning-rate", 0.0, NULL);
+    else if (k == 8)
+      g_object_set (h->element, "learning-rate", 0.01, "momentum", 0.5, NULL);
+    b = gst_harness_push_and_pull (h, make_frame (&info, 5, k * FRAME_NS));
+    m = gst_buffer_get_partimenet_meta (b);
+    fail_unless (m != NULL && m->trained);
+    /* one stream all along: the last stage's step count never restarts */
+    fail_unless_equals_int64 (m->step, k + 1);
+    /* frame k shows the weights after frame k - 1's update: frozen by frames 5-7 */
+    if (k == 6 || k == 7 || k == 8)
+      fail_unless (memcmp (m->output, prev, n * sizeof (gfloat)) == 0,
+          "frame %u: the weights moved at learning rate 0", k);
+    else if (k > 0)
+      fail_unless (memcmp (m->output, prev, n * sizeof (gfloat)) != 0,
+          "frame %u: the weights did not move", k);
+    memcpy (prev, m->output, n * sizeof (gfloat));
+    gst_buffer_unref (b);
+  }
+
+  /* a new optimizer needs a new stream: its state and step count start afresh */
+  g_object_set (h->element, "optimizer", 0 /* sgd */ , NULL);
+  {
+    GstBuffer *b = gst_harness_push_and_pull (h, make_frame (&info, 5,
+            12 * FRAME_NS));
+    fail_unless_equals_int64 (gst_buffer_get_partimenet_meta (b)->step, 1);
+    gst_buffer_unref (b);
+  }
+  g_free (prev);
+  gst_harness_teardown (h);
+}
+
+GST_END_TEST;
+
+/* A loss the model cannot learn, set in PLAYING: a warning, and the old settings keep running. */
+GST_START_TEST (test_bad_loss_in_playing)
+{
+  GstBus *bus;
+  GstHarness *h = harness_new (&bus, "model", CLS, NULL);
+  GstVideoInfo info = info_from_string (CLS_CAPS);
+  GstMessage *msg;
+  guint k;
+
+  gst_harness_set_src_caps_str (h, CLS_CAPS);
+  gst_buffer_unref (gst_harness_push_and_pull (h, make_frame (&info, 0, 0)));
+  /* reconstruction compares the output with the input: not for a classifier */
+  g_object_set (h->element, "loss", 4 /* reconstruction */ , NULL);
+  for (k = 1; k < 4; k++) {
+    GstBuffer *b = make_frame (&info, k, k * FRAME_NS), *out;
+    GstPartimenetMeta *m;
+    gst_buffer_add_partimenet_target_meta (b, 2, NULL, 0);
+    out = gst_harness_push_and_pull (h, b);
+    m = gst_buffer_get_partimenet_meta (out);
+    fail_unless (m != NULL);
+    fail_unless_equals_int (m->output_size, 10);
+    /* still cross-entropy, still learning */
+    fail_unless (m->trained && isfinite (m->loss));
+    fail_unless_equals_int64 (m->step, k);
+    gst_buffer_unref (out);
+  }
+  msg = wait_message (bus, GST_MESSAGE_WARNING, NULL, GST_SECOND);
+  fail_unless (msg != NULL, "no warning");
+  {
+    GError *err = NULL;
+    gst_message_parse_warning (msg, &err, NULL);
+    fail_unless (strstr (err->message, "reconstruction") != NULL, "%s",
+        err->message);
+    g_clear_error (&err);
+  }
+  gst_message_unref (msg);
+  teardown_with_bus (h, bus);
+}
+
+GST_END_TEST;
+
 /* A learning rate that blows the weights up: the last good ones come back, with a warning. */
 GST_START_TEST (test_divergence_warning)
 {
@@ -1534,12 +1992,18 @@ partimenet_suite (void)
   tcase_add_test (tc, test_target_meta_cross_entropy);
   tcase_add_test (tc, test_target_meta_mse_and_softmax);
   tcase_add_test (tc, test_messages);
+  tcase_add_test (tc, test_conversion_off_streaming_thread);
+  tcase_add_test (tc, test_normalization_per_frame);
+  tcase_add_test (tc, test_strided_frames);
   tcase_add_test (tc, test_overload_drop_posts_qos);
+  tcase_add_test (tc, test_overload_drop_when_busy);
   tcase_add_test (tc, test_overload_keeps_order);
   tcase_add_test (tc, test_overload_live_clock);
   tcase_add_test (tc, test_model_swap);
   tcase_add_test (tc, test_model_swap_checkpoint);
   tcase_add_test (tc, test_statistics);
+  tcase_add_test (tc, test_learning_rate_in_playing);
+  tcase_add_test (tc, test_bad_loss_in_playing);
   tcase_add_test (tc, test_divergence_warning);
   return s;
 }
