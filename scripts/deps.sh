@@ -9,7 +9,8 @@ packages=(
   libopenblas-dev libdnnl-dev
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  python3 python3-torch python3-onnx python3-numpy libonnx-testdata check
+  python3 python3-torch python3-onnx python3-numpy python3-gi gir1.2-gstreamer-1.0
+  libonnx-testdata check
 )
 
 missing=()
