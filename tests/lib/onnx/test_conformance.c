@@ -162,7 +162,7 @@ static pt_status load_case(ccase *c, const char *ds, pt_model **m, pt_error *err
   Onnx__TensorProto **inits = calloc(n_init, sizeof *inits);
   Onnx__TensorProto **mine = calloc((size_t)c->n_fold, sizeof *mine);
   char **own_names = calloc((size_t)c->n_fold, sizeof *own_names);
-  memcpy(inits, g2.initializer, sizeof *inits * g2.n_initializer);
+  if (g2.n_initializer) memcpy(inits, g2.initializer, sizeof *inits * g2.n_initializer);
   int k = 0;
   pt_status st = PT_OK;
   for (int i = 0; i < c->n_rt; i++) {
