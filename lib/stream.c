@@ -561,6 +561,7 @@ static bool all_finite(const float *x, int64_t n) {
 }
 
 static void restore_backup(stage *g) {
+  if (!g->n_param_floats) return; /* a stage without parameters has nothing to restore */
   pt_model *m = g->s->m;
   const float *b = g->backup;
   for (int i = 0; i < g->x.n_params; i++) {
