@@ -1,14 +1,19 @@
-/* Single-core convolution benchmark: libpartime's CPU convolution (im2col + OpenBLAS sgemm) against
- * oneDNN's convolution primitive, batch 1, on a few layer shapes, plus the raw single-core
- * cblas_sgemm rate on a 1024^3 product as the ceiling the gemm path can reach.
+/* Single-core convolution benchmark, batch 1: libpartime's two CPU convolution paths, the gemm
+ * path of lib/cpu/conv.c (im2col + OpenBLAS sgemm) and the oneDNN plans of lib/cpu/dnnl_conv.c
+ * (blocked-layout kernels, with the reorders from and to NCHW the executor pays), forward and
+ * backward on the layer shapes of the benchmark and built-in models; plus the raw single-core
+ * cblas_sgemm rate on a 1024^3 product, the ceiling of the gemm path. The summary table is what
+ * pt_dnnl_conv_preferred()'s rule is drawn from.
  *
- * oneDNN runs twice: on plain NCHW / OIHW tensors (what the executor holds, so no reorders are
- * needed) and on the blocked layouts it prefers ("any"), which shows its best case but would need
- * reorders at every boundary with the rest of the library; those reorders are not timed.
+ * With -v, oneDNN's primitives are also timed directly: on plain NCHW / OIHW tensors, and on the
+ * blocked layouts it prefers, with and without the reorders around them.
  *
  * Everything runs on one thread. OpenMP (oneDNN) and OpenBLAS read their thread counts from the
  * environment when they load, so the program re-executes itself with OMP_NUM_THREADS=1 and
- * OPENBLAS_NUM_THREADS=1 when they are not set. Usage: conv_bench [seconds per measurement]. */
+ * OPENBLAS_NUM_THREADS=1 when they are not set (the plans need no such setting: run with
+ * OMP_NUM_THREADS=2 to see that they stay on one core). Usage: conv_bench [-v] [seconds per
+ * measurement]. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,18 +21,29 @@
 #include <unistd.h>
 #include <cblas.h>
 #include <dnnl.h>
+#include "cpu/dnnl_conv.h"
 #include "cpu/ops.h"
 
 static double min_seconds = 0.3;
+static bool verbose = false; /* -v: also oneDNN's primitives used directly */
 
 /* Process CPU time rather than wall time: on a shared machine it leaves out the time other
  * programs hold the core, and with one thread per library it equals the wall time of an idle
- * machine. */
+ * machine. Wall time is kept too: CPU time above wall time would mean a call used more than one
+ * core. */
 static double now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
+
+static double wall(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double worst_cores = 0; /* the most CPU seconds per wall second any round used */
 
 typedef void (*bench_fn)(void *ctx);
 
@@ -44,10 +60,11 @@ static double time_call(bench_fn fn, void *ctx) {
   }
   double best = 1e30;
   for (int round = 0; round < 5; round++) {
-    double t0 = now();
+    double w0 = wall(), t0 = now();
     for (int i = 0; i < reps; i++) fn(ctx);
-    double t = (now() - t0) / reps;
-    if (t < best) best = t;
+    double tc = now() - t0, tw = wall() - w0;
+    if (tc / tw > worst_cores) worst_cores = tc / tw;
+    if (tc / reps < best) best = tc / reps;
   }
   return best;
 }
@@ -63,30 +80,58 @@ static void fill(float *x, size_t n, unsigned *s) {
   }
 }
 
-/* ---- libpartime ---- */
+/* ---- libpartime: the gemm path (conv.c) and the oneDNN plans (dnnl_conv.c) ---- */
 
 typedef struct pt_ctx {
   pt_conv_params p;
+  bool t; /* ConvTranspose */
+  pt_dnnl_conv *plan;
   float *x, *w, *b, *y, *dx, *dw, *db, *dy, *scratch;
 } pt_ctx;
 
-static void pt_fwd(void *c) {
+static void gemm_fwd(void *c) {
   pt_ctx *k = c;
-  pt_conv2d_forward(k->y, k->x, k->w, k->b, &k->p, k->scratch);
+  if (k->t)
+    pt_conv_transpose2d_forward(k->y, k->x, k->w, k->b, &k->p, k->scratch);
+  else
+    pt_conv2d_forward(k->y, k->x, k->w, k->b, &k->p, k->scratch);
 }
-static void pt_bwd_data(void *c) {
+static void gemm_bwd(pt_ctx *k, float *dx, float *dw, float *db) {
+  if (k->t)
+    pt_conv_transpose2d_backward(dx, dw, db, k->dy, k->x, k->w, &k->p, k->scratch);
+  else
+    pt_conv2d_backward(dx, dw, db, k->dy, k->x, k->w, &k->p, k->scratch);
+}
+static void gemm_bwd_data(void *c) {
   pt_ctx *k = c;
-  pt_conv2d_backward(k->dx, NULL, NULL, k->dy, k->x, k->w, &k->p, k->scratch);
+  gemm_bwd(k, k->dx, NULL, NULL);
 }
-static void pt_bwd_weights(void *c) {
+static void gemm_bwd_weights(void *c) {
   pt_ctx *k = c;
-  pt_conv2d_backward(NULL, k->dw, k->db, k->dy, k->x, k->w, &k->p, k->scratch);
+  gemm_bwd(k, NULL, k->dw, k->db);
 }
-static void pt_bwd_all(void *c) {
+static void gemm_bwd_all(void *c) {
   pt_ctx *k = c;
-  pt_conv2d_backward(k->dx, k->dw, k->db, k->dy, k->x, k->w, &k->p, k->scratch);
+  gemm_bwd(k, k->dx, k->dw, k->db);
 }
-
+static void plan_fwd(void *c) {
+  pt_ctx *k = c;
+  pt_dnnl_conv_forward(k->plan, k->y, k->x, k->w, k->b);
+}
+/* Backward as the executor runs it: after a forward, whose blocked copies of the input and the
+ * weights it reuses. */
+static void plan_bwd_data(void *c) {
+  pt_ctx *k = c;
+  pt_dnnl_conv_backward(k->plan, k->dx, NULL, NULL, k->dy, k->x, k->w);
+}
+static void plan_bwd_weights(void *c) {
+  pt_ctx *k = c;
+  pt_dnnl_conv_backward(k->plan, NULL, k->dw, k->db, k->dy, k->x, k->w);
+}
+static void plan_bwd_all(void *c) {
+  pt_ctx *k = c;
+  pt_dnnl_conv_backward(k->plan, k->dx, k->dw, k->db, k->dy, k->x, k->w);
+}
 /* ---- oneDNN ---- */
 
 #define DNNL_TRY(call)                                                                             \
@@ -290,24 +335,73 @@ static int bench_dnnl(const pt_conv_params *p, double flops, dnnl_engine_t eng,
   return 0;
 }
 
-static void bench_pt(const pt_conv_params *p, double flops) {
-  pt_ctx k = {.p = *p};
+/* One row of the summary: seconds per call of each path. */
+typedef struct row {
+  char name[64];
+  double fwd[2], bwd_data[2], bwd_weights[2], bwd[2]; /* [0] gemm path, [1] oneDNN plan */
+  double rule_fwd, rule_bwd;                          /* the plan the executor makes */
+  unsigned rule;
+  char impl[64];
+} row;
+
+static double timed(const char *what, bench_fn fn, void *ctx, double flops) {
+  double t = time_call(fn, ctx);
+  report(what, t, flops);
+  return t;
+}
+
+/* Times the gemm path, a plan with everything on oneDNN, and the plan the executor's rule makes
+ * on layer p: forward, backward data, backward weights and bias, and all of backward. */
+static int bench_pt(const pt_conv_params *p, bool t, double flops, row *r) {
+  pt_ctx k = {.p = *p, .t = t};
   unsigned seed = 1;
   size_t xn = (size_t)p->N * p->C * p->H * p->W, yn = (size_t)p->N * p->OC * p->OH * p->OW;
   size_t wn = (size_t)p->OC * (p->C / p->G) * p->KH * p->KW;
-  size_t sn = (size_t)pt_conv2d_scratch(p);
+  size_t sn = (size_t)(t ? pt_conv_transpose2d_scratch(p) : pt_conv2d_scratch(p));
   k.x = malloc(xn * 4), k.dx = calloc(xn, 4);
   k.w = malloc(wn * 4), k.dw = calloc(wn, 4);
   k.b = malloc(p->OC * 4), k.db = calloc(p->OC, 4);
   k.y = malloc(yn * 4), k.dy = malloc(yn * 4);
   k.scratch = malloc((sn ? sn : 1) * 4);
   fill(k.x, xn, &seed), fill(k.w, wn, &seed), fill(k.b, p->OC, &seed), fill(k.dy, yn, &seed);
-  report("partime forward (im2col + sgemm)", time_call(pt_fwd, &k), flops);
-  report("partime backward data (sgemm + col2im)", time_call(pt_bwd_data, &k), flops);
-  report("partime backward weights+bias (im2col + sgemm)", time_call(pt_bwd_weights, &k), flops);
-  report("partime backward all", time_call(pt_bwd_all, &k), 2 * flops);
+  r->fwd[0] = timed("gemm path: forward", gemm_fwd, &k, flops);
+  r->bwd_data[0] = timed("gemm path: backward data", gemm_bwd_data, &k, flops);
+  r->bwd_weights[0] = timed("gemm path: backward weights+bias", gemm_bwd_weights, &k, flops);
+  r->bwd[0] = timed("gemm path: backward all", gemm_bwd_all, &k, 2 * flops);
+
+  int rc = 0;
+  pt_error err = {0};
+  k.plan = pt_dnnl_conv_plan_create(p, t, true, PT_DNNL_ALL, &err);
+  if (k.plan) {
+    snprintf(r->impl, sizeof r->impl, "%s", pt_dnnl_conv_impl(k.plan));
+    char what[128];
+    snprintf(what, sizeof what, "oneDNN plan: forward [%s]", r->impl);
+    r->fwd[1] = timed(what, plan_fwd, &k, flops);
+    plan_fwd(&k); /* backward reuses the forward's blocked input and weights, as in a tick */
+    r->bwd_data[1] = timed("oneDNN plan: backward data", plan_bwd_data, &k, flops);
+    r->bwd_weights[1] = timed("oneDNN plan: backward weights+bias", plan_bwd_weights, &k, flops);
+    r->bwd[1] = timed("oneDNN plan: backward all", plan_bwd_all, &k, 2 * flops);
+    pt_dnnl_conv_plan_free(k.plan);
+  } else {
+    printf("  no oneDNN plan: %s\n", err.msg);
+    rc = -1;
+  }
+
+  r->rule = pt_dnnl_conv_preferred(p, t);
+  k.plan = r->rule ? pt_dnnl_conv_plan_create(p, t, true, r->rule | PT_DNNL_JIT_ONLY, &err) : NULL;
+  r->rule = k.plan ? pt_dnnl_conv_ops(k.plan) : 0;
+  if (k.plan) {
+    r->rule_fwd = timed("executor's plan: forward", plan_fwd, &k, flops);
+    plan_fwd(&k);
+    r->rule_bwd = timed("executor's plan: backward all", plan_bwd_all, &k, 2 * flops);
+    pt_dnnl_conv_plan_free(k.plan);
+  } else {
+    r->rule_fwd = r->fwd[0];
+    r->rule_bwd = r->bwd[0];
+  }
   free(k.x), free(k.dx), free(k.w), free(k.dw), free(k.b), free(k.db), free(k.y), free(k.dy);
   free(k.scratch);
+  return rc;
 }
 
 typedef struct gemm_ctx {
@@ -328,7 +422,12 @@ int main(int argc, char **argv) {
     execv("/proc/self/exe", argv);
     perror("re-executing with one thread");
   }
-  if (argc > 1) min_seconds = atof(argv[1]);
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "-v") == 0)
+      verbose = true;
+    else
+      min_seconds = atof(argv[i]);
+  }
   pt_blas_init();
   printf("threads: OMP_NUM_THREADS=%s OPENBLAS_NUM_THREADS=%s, OpenBLAS %d thread(s) [%s]\n",
          getenv("OMP_NUM_THREADS"), getenv("OPENBLAS_NUM_THREADS"), openblas_get_num_threads(),
@@ -354,26 +453,105 @@ int main(int argc, char **argv) {
     return 1;
   }
 
+  /* Layers of the benchmark models and of the built-in ones. Pads keep the size (Conv) or
+   * double it (the stride-2 ConvTranspose). */
   static const struct {
     const char *name;
-    int C, H, W, OC, K;
+    int C, H, OC, K, S, G;
+    bool t;
   } shapes[] = {
-      {"3x3 conv 32->32 on 64x64, pad 1", 32, 64, 64, 32, 3},
-      {"5x5 conv 32->32 on 64x64, pad 2", 32, 64, 64, 32, 5},
-      {"3x3 conv 16->16 on 32x32, pad 1", 16, 32, 32, 16, 3},
+      {"3x3 16->16 32x32", 16, 32, 16, 3, 1, 1, false},
+      {"3x3 32->32 64x64", 32, 64, 32, 3, 1, 1, false},
+      {"5x5 32->32 64x64", 32, 64, 32, 5, 1, 1, false},
+      {"5x5 3->32 64x64", 3, 64, 32, 5, 1, 1, false},
+      {"1x1 32->10 64x64", 32, 64, 10, 1, 1, 1, false},
+      {"depthwise 3x3 32ch 64x64", 32, 64, 32, 3, 1, 32, false},
+      {"convT 4x4 s2 32->16 16x16", 32, 16, 16, 4, 2, 1, true},
+      /* more: first layers, heads, small images, the built-in models */
+      {"3x3 3->16 32x32", 3, 32, 16, 3, 1, 1, false},
+      {"3x3 3->32 64x64", 3, 64, 32, 3, 1, 1, false},
+      {"1x1 16->10 32x32", 16, 32, 10, 1, 1, 1, false},
+      {"1x1 32->32 64x64", 32, 64, 32, 1, 1, 1, false},
+      {"1x1 64->64 16x16", 64, 16, 64, 1, 1, 1, false},
+      {"3x3 16->16 8x8", 16, 8, 16, 3, 1, 1, false},
+      {"3x3 64->64 8x8", 64, 8, 64, 3, 1, 1, false},
+      {"3x3 32->32 16x16", 32, 16, 32, 3, 1, 1, false},
+      {"3x3 24->24 32x32", 24, 32, 24, 3, 1, 1, false},
+      {"3x3 8->8 32x32", 8, 32, 8, 3, 1, 1, false},
+      {"3x3 g2 32->32 32x32", 32, 32, 32, 3, 1, 2, false},
+      {"3x3 g4 64->64 32x32", 64, 32, 64, 3, 1, 4, false},
+      {"depthwise 3x3 8ch 32x32", 8, 32, 8, 3, 1, 8, false},
+      {"depthwise 5x5 32ch 32x32", 32, 32, 32, 5, 1, 32, false},
+      {"3x3 s2 3->16 64x64", 3, 64, 16, 3, 2, 1, false},
+      {"3x3 s2 16->32 32x32", 16, 32, 32, 3, 2, 1, false},
+      {"3x3 16->32 32x32", 16, 32, 32, 3, 1, 1, false},
+      {"convT 4x4 s2 16->3 32x32", 16, 32, 3, 4, 2, 1, true},
+      {"convT 4x4 s2 64->32 8x8", 64, 8, 32, 4, 2, 1, true},
+      {"convT 2x2 s2 32->32 16x16", 32, 16, 32, 2, 2, 1, true},
+      {"convT 3x3 s1 32->32 32x32", 32, 32, 32, 3, 1, 1, true},
+      {"convT 4x4 s2 8->8 16x16", 8, 16, 8, 4, 2, 1, true},
+      {"convT depthwise 4x4 s2 32ch 16x16", 32, 16, 32, 4, 2, 32, true},
   };
+  enum { NS = sizeof shapes / sizeof shapes[0] };
+  row rows[NS];
+  memset(rows, 0, sizeof rows);
   int rc = 0;
-  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-    int pad = shapes[i].K / 2;
-    pt_conv_params p = {1,           shapes[i].C, shapes[i].H, shapes[i].W, shapes[i].OC,
-                        shapes[i].H, shapes[i].W, shapes[i].K, shapes[i].K, 1,
-                        1,           1,           1,           pad,         pad,
-                        pad,         pad,         1,           true};
-    double flops = 2.0 * p.OC * p.C * p.KH * p.KW * p.OH * p.OW;
+  for (size_t i = 0; i < NS; i++) {
+    const int K = shapes[i].K, S = shapes[i].S, H = shapes[i].H;
+    const bool t = shapes[i].t;
+    const int pad = t ? (K - S) / 2 : K / 2;
+    const int OH = t ? (H - 1) * S + K - 2 * pad : (H + 2 * pad - K) / S + 1;
+    pt_conv_params p = {.N = 1,
+                        .C = shapes[i].C,
+                        .H = H,
+                        .W = H,
+                        .OC = shapes[i].OC,
+                        .OH = OH,
+                        .OW = OH,
+                        .KH = K,
+                        .KW = K,
+                        .SH = S,
+                        .SW = S,
+                        .DH = 1,
+                        .DW = 1,
+                        .PT = pad,
+                        .PL = pad,
+                        .PB = pad,
+                        .PR = pad,
+                        .G = shapes[i].G,
+                        .has_bias = true};
+    /* multiply-adds over the larger image: the output for Conv, the input's spread for
+     * ConvTranspose */
+    double flops = 2.0 * (t ? p.C : p.OC) * (t ? p.OC : p.C) / p.G * K * K *
+                   (t ? (double)p.H * p.W : (double)p.OH * p.OW);
     printf("%s, batch 1 (%.1f MFLOP per pass):\n", shapes[i].name, flops * 1e-6);
-    bench_pt(&p, flops);
-    if (bench_dnnl(&p, flops, eng, stream) != 0) rc = 1;
+    snprintf(rows[i].name, sizeof rows[i].name, "%s", shapes[i].name);
+    if (bench_pt(&p, t, flops, &rows[i]) != 0) rc = 1;
+    if (verbose && !t && p.G == 1 && bench_dnnl(&p, flops, eng, stream) != 0) rc = 1;
   }
+
+  printf(
+      "\nms per call, one core, batch 1: the gemm path (gemm), everything on oneDNN (dnnl), and "
+      "what"
+      "\nthe executor runs (exec: F, D, W = forward, backward data, backward weights on oneDNN)\n");
+  printf("%-26s %-21s %-21s %-21s %-21s %-28s\n", "", "forward", "backward data",
+         "backward weights", "backward all", "exec");
+  printf("%-26s", "layer");
+  for (int i = 0; i < 4; i++) printf(" %6s %6s %6s ", "gemm", "dnnl", "x");
+  printf(" %-4s %6s %6s %5s %5s\n", "ops", "fwd", "bwd", "fwd x", "bwd x");
+  for (size_t i = 0; i < NS; i++) {
+    const row *r = &rows[i];
+    printf("%-26s", r->name);
+    const double *col[4] = {r->fwd, r->bwd_data, r->bwd_weights, r->bwd};
+    for (int j = 0; j < 4; j++)
+      printf(" %6.3f %6.3f %5.2fx", col[j][0] * 1e3, col[j][1] * 1e3,
+             col[j][1] > 0 ? col[j][0] / col[j][1] : 0);
+    printf("  %c%c%c  %6.3f %6.3f %4.2fx %4.2fx\n", r->rule & PT_DNNL_FORWARD ? 'F' : '-',
+           r->rule & PT_DNNL_BACKWARD_DATA ? 'D' : '-',
+           r->rule & PT_DNNL_BACKWARD_WEIGHTS ? 'W' : '-', r->rule_fwd * 1e3, r->rule_bwd * 1e3,
+           r->fwd[0] / r->rule_fwd, r->bwd[0] / r->rule_bwd);
+  }
+  printf("most cores used by one call: %.2f\n", worst_cores);
   dnnl_stream_destroy(stream);
   dnnl_engine_destroy(eng);
   return rc;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "exec.h"
+#include "cpu/dnnl_conv.h"
 
 #define PT_ALIGN_FLOATS 16 /* 64-byte alignment of every buffer */
 
@@ -61,8 +62,9 @@ pt_status pt_exec_init(pt_exec *x, pt_model *m, int first, int end, bool train, 
   x->grad = calloc(nv, sizeof *x->grad);
   x->needs_grad = calloc(nv, sizeof *x->needs_grad);
   x->aux = calloc(nn, sizeof *x->aux);
+  x->plan = calloc(nn, sizeof *x->plan);
   x->params = calloc(nv, sizeof *x->params);
-  if (!x->act || !x->grad || !x->needs_grad || !x->aux || !x->params) goto nomem;
+  if (!x->act || !x->grad || !x->needs_grad || !x->aux || !x->plan || !x->params) goto nomem;
 
   /* Which values need gradients, in topological order. */
   if (train) {
@@ -135,6 +137,20 @@ pt_status pt_exec_init(pt_exec *x, pt_model *m, int first, int end, bool train, 
       ax += round_up(m->nodes[i].aux_bytes, 64);
     }
   }
+
+  /* oneDNN plans, per the static rule of cpu/dnnl_conv.c; a node without one (the rule prefers
+   * cpu/conv.c, or oneDNN has no JIT kernel for its shape) runs cpu/conv.c */
+  const char *dnnl_env = getenv("PARTIME_DNNL");
+  if (!dnnl_env || strcmp(dnnl_env, "0") != 0) {
+    for (int i = first; i < end; i++) {
+      const pt_node *n = &m->nodes[i];
+      bool t = n->op == PT_OP_CONV_TRANSPOSE;
+      unsigned ops = n->op == PT_OP_CONV || t ? pt_dnnl_conv_preferred(&n->p.conv, t) : 0;
+      if (ops)
+        x->plan[i - first] =
+            pt_dnnl_conv_plan_create(&n->p.conv, t, train, ops | PT_DNNL_JIT_ONLY, NULL);
+    }
+  }
   return PT_OK;
 
 nomem:
@@ -144,6 +160,8 @@ nomem:
 }
 
 void pt_exec_free(pt_exec *x) {
+  for (int i = 0; x->plan && i < x->end - x->first; i++) pt_dnnl_conv_plan_free(x->plan[i]);
+  free(x->plan);
   free(x->act);
   free(x->grad);
   free(x->needs_grad);
@@ -173,11 +191,15 @@ void pt_exec_zero_grad(pt_exec *x) {
     if (x->grad[v]) memset(x->grad[v], 0, x->m->vals[v].numel * sizeof(float));
 }
 
-static void node_forward(pt_exec *x, const pt_node *n, void *aux) {
+static void node_forward(pt_exec *x, const pt_node *n, void *aux, void *plan) {
   float *const *A = x->act;
 #define IN(i) ((i) < n->n_in && n->in[i] >= 0 ? A[n->in[i]] : NULL)
   float *out = A[n->out[0]];
   const pt_op_params *p = &n->p;
+  if (plan) {
+    pt_dnnl_conv_forward(plan, out, IN(0), IN(1), IN(2));
+    return;
+  }
   switch (n->op) {
   case PT_OP_CONV: pt_conv2d_forward(out, IN(0), IN(1), IN(2), &p->conv, x->scratch); break;
   case PT_OP_CONV_TRANSPOSE:
@@ -206,13 +228,17 @@ static void node_forward(pt_exec *x, const pt_node *n, void *aux) {
 #undef IN
 }
 
-static void node_backward(pt_exec *x, const pt_node *n, void *aux) {
+static void node_backward(pt_exec *x, const pt_node *n, void *aux, void *plan) {
   float *const *A = x->act, *const *G = x->grad;
 #define IN(i) ((i) < n->n_in && n->in[i] >= 0 ? A[n->in[i]] : NULL)
 #define D(i) ((i) < n->n_in && n->in[i] >= 0 ? G[n->in[i]] : NULL)
   const float *out = A[n->out[0]], *dout = G[n->out[0]];
   const pt_op_params *p = &n->p;
   if (!dout) return;
+  if (plan) {
+    pt_dnnl_conv_backward(plan, D(0), D(1), D(2), dout, IN(0), IN(1));
+    return;
+  }
   switch (n->op) {
   case PT_OP_CONV:
     pt_conv2d_backward(D(0), D(1), D(2), dout, IN(0), IN(1), &p->conv, x->scratch);
@@ -245,18 +271,19 @@ static void node_backward(pt_exec *x, const pt_node *n, void *aux) {
 }
 
 void pt_exec_forward_node(pt_exec *x, int node) {
-  node_forward(x, &x->m->nodes[node], x->aux[node - x->first]);
+  node_forward(x, &x->m->nodes[node], x->aux[node - x->first], x->plan[node - x->first]);
 }
 
 void pt_exec_backward_node(pt_exec *x, int node) {
-  node_backward(x, &x->m->nodes[node], x->aux[node - x->first]);
+  node_backward(x, &x->m->nodes[node], x->aux[node - x->first], x->plan[node - x->first]);
 }
 
 void pt_exec_forward(pt_exec *x) {
-  for (int i = x->first; i < x->end; i++) node_forward(x, &x->m->nodes[i], x->aux[i - x->first]);
+  for (int i = x->first; i < x->end; i++)
+    node_forward(x, &x->m->nodes[i], x->aux[i - x->first], x->plan[i - x->first]);
 }
 
 void pt_exec_backward(pt_exec *x) {
   for (int i = x->end - 1; i >= x->first; i--)
-    node_backward(x, &x->m->nodes[i], x->aux[i - x->first]);
+    node_backward(x, &x->m->nodes[i], x->aux[i - x->first], x->plan[i - x->first]);
 }

@@ -24,6 +24,8 @@ typedef struct pt_exec {
   float **grad;         /* per value: gradient buffer, NULL where none is needed */
   bool *needs_grad;     /* per value */
   void **aux;           /* per node in range (indexed node - first) */
+  void **plan;          /* per node in range: a Conv / ConvTranspose's oneDNN plan
+                         * (cpu/dnnl_conv.h), NULL where the node runs cpu/conv.c */
   float *scratch;
   int64_t scratch_floats;
   float *act_arena, *grad_arena;
@@ -34,7 +36,9 @@ typedef struct pt_exec {
 
 /* Prepares to run nodes [first, end). With `train`, gradient buffers exist for every parameter
  * read in range and every value that depends on one; `grad_external` also asks for gradients of
- * the external float inputs (a stage that must send a gradient to its predecessor). */
+ * the external float inputs (a stage that must send a gradient to its predecessor).
+ * Convolutions of the shapes where oneDNN is faster get a oneDNN plan, unless the environment
+ * sets PARTIME_DNNL=0 (everything then runs on cpu/conv.c). */
 pt_status pt_exec_init(pt_exec *x, pt_model *m, int first, int end, bool train, bool grad_external,
                        pt_error *err);
 void pt_exec_free(pt_exec *x);

@@ -1,0 +1,663 @@
+/* Conv and ConvTranspose on oneDNN's blocked-layout kernels, forward and backward (see
+ * dnnl_conv.h).
+ *
+ * A plan is a set of buffers and the primitives that read and write them. Each tensor the caller
+ * holds (input, weights, output and their gradients) has a "user" memory object in the caller's
+ * layout whose data handle is set at every call, and a buffer in the layout the primitive chose
+ * ("any"): the user memory itself when the layouts agree, else a buffer of the plan's own with a
+ * reorder between the two. Inputs are reordered in before the primitive that reads them, lazily and
+ * at most once per call; buffers of the same tensor in the same layout are shared between forward,
+ * backward data and backward weights, so backward reuses the forward's blocked input and weights
+ * (see `from`). Outputs: the forward output is reordered out (overwriting); gradients are reordered
+ * out with a sum post-op, which adds them into the caller's buffer as the accumulate rule of ops.h
+ * wants, oneDNN's own primitives only ever overwrite.
+ *
+ * A computation not in the plan's `ops` runs on conv.c with the plan's own scratch, so one layer
+ * may mix the two (e.g. a first layer of 3 input channels: forward and weights on oneDNN, the
+ * input gradient on conv.c). ConvTranspose's bias, and its gradient, are done here rather than by
+ * oneDNN (see bias_outside).
+ *
+ * ONNX to oneDNN: oneDNN counts dilation from 0 (ONNX from 1); weights are (OC, IC, KH, KW), or
+ * (G, OC/G, IC/G, KH, KW) with groups, for convolution and deconvolution alike, so ONNX's Conv
+ * weights are oihw / goihw and ConvTranspose's (C, OC/G, KH, KW) are iohw / giohw. ConvTranspose's
+ * output_padding needs nothing: oneDNN checks the shape relation with integer division.
+ *
+ * Every primitive uses a user-managed scratchpad, one buffer per plan: a primitive may be shared
+ * between plans through oneDNN's primitive cache, and its library-managed scratchpad would then be
+ * shared between threads as well. */
+#include "dnnl_conv.h"
+
+#if PT_HAVE_DNNL
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dnnl.h>
+#include <omp.h>
+
+bool pt_dnnl_available(void) {
+  return true;
+}
+
+/* The tensors of a convolution, as seen by the caller. */
+enum { T_SRC, T_WEI, T_BIA, T_DST, T_DDST, T_DSRC, T_DWEI, T_DBIA, T_COUNT };
+
+#define MAX_OBJS 48 /* memories and primitives a plan creates: about 30 at most */
+#define MAX_BUFS 12
+#define MAX_ARGS 6
+
+typedef struct step {
+  dnnl_primitive_t prim; /* NULL: nothing to run */
+  int nargs;
+  dnnl_exec_arg_t args[MAX_ARGS];
+  dnnl_memory_desc_t scratch_md; /* zero size when the primitive needs none */
+} step;
+
+typedef struct buf {
+  int role;          /* T_* */
+  dnnl_memory_t mem; /* what the primitives read or write */
+  step reorder;      /* caller <-> mem; no primitive when mem is the caller's memory */
+  const float *from; /* inputs: the caller pointer mem was last filled from, NULL: stale */
+} buf;
+
+/* A convolution primitive with the buffers it reads (refreshed before) and writes (handed to the
+ * caller after). */
+typedef struct conv_step {
+  step run;
+  int in[3], n_in;
+  int out[2], n_out;
+} conv_step;
+
+struct pt_dnnl_conv {
+  pt_conv_params p;
+  bool transpose, train;
+  unsigned ops;        /* PT_DNNL_* computations on oneDNN; conv.c runs the others */
+  bool bias_outside;   /* the bias is added and its gradient summed here, not by oneDNN */
+  float *gemm_scratch; /* conv.c's scratch, for the computations it runs */
+  dnnl_engine_t eng;
+  dnnl_stream_t strm;
+  dnnl_memory_t user[T_COUNT]; /* caller layouts; data handles set per call */
+  const float *ptr[T_COUNT];   /* this call's caller pointers */
+  buf bufs[MAX_BUFS];
+  int n_bufs;
+  conv_step fwd, bwd_data, bwd_weights;
+  float *zero_bias; /* (OC): stands in for a missing bias */
+  void *scratch;
+  char impl[64];
+  /* every object created, destroyed by pt_dnnl_conv_plan_free */
+  dnnl_memory_t mems[MAX_OBJS];
+  int n_mems;
+  dnnl_primitive_t prims[MAX_OBJS];
+  int n_prims;
+};
+
+/* ---- the calling thread alone ---- */
+
+/* oneDNN runs on the calling thread's OpenMP thread count, read when a primitive is created (it
+ * sizes the kernel's work split) and when it runs: one, so a stage stays on its core. The count is
+ * per thread (an OpenMP ICV), so this touches no other thread; it is restored on the way out. */
+static int one_thread_enter(void) {
+  int prev = omp_get_max_threads();
+  if (prev != 1) omp_set_num_threads(1);
+  return prev;
+}
+
+static void one_thread_leave(int prev) {
+  if (prev != 1) omp_set_num_threads(prev);
+}
+
+/* ---- building a plan ---- */
+
+static const char *status_name(dnnl_status_t s) {
+  switch (s) {
+  case dnnl_success:
+    return "success";
+  case dnnl_out_of_memory:
+    return "out of memory";
+  case dnnl_invalid_arguments:
+    return "invalid arguments";
+  case dnnl_unimplemented:
+    return "unimplemented";
+  default:
+    return "error";
+  }
+}
+
+#define TRY(call)                                                                                  \
+  do {                                                                                             \
+    dnnl_status_t st_ = (call);                                                                    \
+    if (st_ != dnnl_success) {                                                                     \
+      pt_error_set(err, st_ == dnnl_out_of_memory ? PT_ERR_NOMEM : PT_ERR_UNSUPPORTED,             \
+                   "oneDNN %s: %s (line %d)", what, status_name(st_), __LINE__);                   \
+      return -1;                                                                                   \
+    }                                                                                              \
+  } while (0)
+
+static int new_memory(pt_dnnl_conv *c, dnnl_memory_t *m, const dnnl_memory_desc_t *md, void *h,
+                      const char *what, pt_error *err) {
+  if (c->n_mems == MAX_OBJS) {
+    pt_error_set(err, PT_ERR_UNSUPPORTED, "oneDNN %s: too many objects", what);
+    return -1;
+  }
+  TRY(dnnl_memory_create(m, md, c->eng, h));
+  c->mems[c->n_mems++] = *m;
+  return 0;
+}
+
+static const dnnl_memory_desc_t *md_of(dnnl_memory_t m) {
+  const dnnl_memory_desc_t *md = NULL;
+  dnnl_memory_get_memory_desc(m, &md);
+  return md;
+}
+
+/* Turns primitive descriptor pd (consumed) into s, with a user-managed scratchpad to be bound by
+ * bind_scratchpad(). */
+static int make_step(pt_dnnl_conv *c, step *s, dnnl_primitive_desc_t pd, const char *what,
+                     pt_error *err) {
+  const dnnl_memory_desc_t *sp = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+  if (sp && dnnl_memory_desc_get_size(sp) > 0) s->scratch_md = *sp;
+  dnnl_status_t st =
+      c->n_prims < MAX_OBJS ? dnnl_primitive_create(&s->prim, pd) : dnnl_out_of_memory;
+  dnnl_primitive_desc_destroy(pd);
+  TRY(st);
+  c->prims[c->n_prims++] = s->prim;
+  return 0;
+}
+
+static void add_arg(step *s, int arg, dnnl_memory_t m) {
+  s->args[s->nargs].arg = arg;
+  s->args[s->nargs].memory = m;
+  s->nargs++;
+}
+
+static dnnl_primitive_attr_t user_scratchpad_attr(void) {
+  dnnl_primitive_attr_t a = NULL;
+  if (dnnl_primitive_attr_create(&a) != dnnl_success) return NULL;
+  dnnl_primitive_attr_set_scratchpad_mode(a, dnnl_scratchpad_mode_user);
+  return a;
+}
+
+/* A reorder from memory `from` to memory `to`; with `add`, it adds into `to` (a sum post-op). */
+static int make_reorder(pt_dnnl_conv *c, step *s, dnnl_memory_t from, dnnl_memory_t to, bool add,
+                        pt_error *err) {
+  const char *what = "reorder";
+  dnnl_primitive_attr_t attr = user_scratchpad_attr();
+  dnnl_post_ops_t po = NULL;
+  if (!attr) return pt_error_set(err, PT_ERR_NOMEM, "oneDNN: no attribute"), -1;
+  if (add) {
+    if (dnnl_post_ops_create(&po) != dnnl_success || dnnl_post_ops_append_sum(po, 1.0f) ||
+        dnnl_primitive_attr_set_post_ops(attr, po)) {
+      dnnl_post_ops_destroy(po);
+      dnnl_primitive_attr_destroy(attr);
+      return pt_error_set(err, PT_ERR_UNSUPPORTED, "oneDNN: no sum post-op on reorders"), -1;
+    }
+    dnnl_post_ops_destroy(po);
+  }
+  dnnl_primitive_desc_t pd;
+  dnnl_status_t st =
+      dnnl_reorder_primitive_desc_create(&pd, md_of(from), c->eng, md_of(to), c->eng, attr);
+  dnnl_primitive_attr_destroy(attr);
+  TRY(st);
+  if (make_step(c, s, pd, what, err)) return -1;
+  add_arg(s, DNNL_ARG_FROM, from);
+  add_arg(s, DNNL_ARG_TO, to);
+  return 0;
+}
+
+/* The buffer holding tensor `role` in layout `md` for a primitive: an existing one of the same
+ * tensor and layout, the caller's memory when its layout is md (not for gradients, which must be
+ * added, not written), or a new one with its reorder. Returns its index, -1 on error. */
+static int get_buf(pt_dnnl_conv *c, int role, const dnnl_memory_desc_t *md, pt_error *err) {
+  for (int i = 0; i < c->n_bufs; i++)
+    if (c->bufs[i].role == role && dnnl_memory_desc_equal(md_of(c->bufs[i].mem), md)) return i;
+  if (c->n_bufs == MAX_BUFS)
+    return pt_error_set(err, PT_ERR_UNSUPPORTED, "oneDNN: too many buffers"), -1;
+  buf *b = &c->bufs[c->n_bufs];
+  memset(b, 0, sizeof *b);
+  b->role = role;
+  const bool grad = role == T_DSRC || role == T_DWEI || role == T_DBIA;
+  const bool output = grad || role == T_DST;
+  dnnl_memory_t user = c->user[role];
+  if (!grad && dnnl_memory_desc_equal(md_of(user), md)) {
+    b->mem = user;
+  } else {
+    if (new_memory(c, &b->mem, md, DNNL_MEMORY_ALLOCATE, "buffer", err)) return -1;
+    if (output ? make_reorder(c, &b->reorder, b->mem, user, grad, err)
+               : make_reorder(c, &b->reorder, user, b->mem, false, err))
+      return -1;
+  }
+  return c->n_bufs++;
+}
+
+/* Adds the argument `arg` of primitive pd, tensor `role`, to cs. */
+static int bind(pt_dnnl_conv *c, conv_step *cs, dnnl_primitive_desc_t pd, dnnl_query_t q, int index,
+                int arg, int role, pt_error *err) {
+  const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(pd, q, index);
+  if (!md)
+    return pt_error_set(err, PT_ERR_UNSUPPORTED, "oneDNN: no layout for argument %d", arg), -1;
+  int i = get_buf(c, role, md, err);
+  if (i < 0) return -1;
+  add_arg(&cs->run, arg, c->bufs[i].mem);
+  if (role == T_DST || role == T_DSRC || role == T_DWEI || role == T_DBIA)
+    cs->out[cs->n_out++] = i;
+  else
+    cs->in[cs->n_in++] = i;
+  return 0;
+}
+
+/* One scratchpad buffer, as large as the largest any step needs, bound to every step that needs
+ * one (the steps of a plan run one after another). */
+static int bind_scratchpad(pt_dnnl_conv *c, pt_error *err) {
+  step *steps[3 + MAX_BUFS];
+  int n = 0;
+  conv_step *cs[3] = {&c->fwd, &c->bwd_data, &c->bwd_weights};
+  for (int i = 0; i < 3; i++)
+    if (cs[i]->run.prim) steps[n++] = &cs[i]->run;
+  for (int i = 0; i < c->n_bufs; i++)
+    if (c->bufs[i].reorder.prim) steps[n++] = &c->bufs[i].reorder;
+  size_t bytes = 0;
+  for (int i = 0; i < n; i++) {
+    size_t b = dnnl_memory_desc_get_size(&steps[i]->scratch_md);
+    if (b > bytes) bytes = b;
+  }
+  if (!bytes) return 0;
+  if (!(c->scratch = aligned_alloc(64, (bytes + 63) / 64 * 64)))
+    return pt_error_set(err, PT_ERR_NOMEM, "oneDNN: no memory for a scratchpad"), -1;
+  for (int i = 0; i < n; i++) {
+    if (!dnnl_memory_desc_get_size(&steps[i]->scratch_md)) continue;
+    dnnl_memory_t m;
+    if (new_memory(c, &m, &steps[i]->scratch_md, c->scratch, "scratchpad", err)) return -1;
+    add_arg(steps[i], DNNL_ARG_SCRATCHPAD, m);
+  }
+  return 0;
+}
+
+/* The kernel oneDNN picked for pd: its JIT-compiled blocked-layout kernels are named "jit...", or
+ * "brg..." / "brd..." (batch-reduce gemm); the others are its plain-layout gemm kernels
+ * ("x64:gemm:...") and reference loops ("ref:..."). */
+static bool is_jit(dnnl_primitive_desc_t pd) {
+  const char *impl = "";
+  dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+  return impl && (strncmp(impl, "jit", 3) == 0 || strncmp(impl, "brg", 3) == 0 ||
+                  strncmp(impl, "brd", 3) == 0);
+}
+
+static void destroy_pd(dnnl_primitive_desc_t *pd) {
+  if (*pd) dnnl_primitive_desc_destroy(*pd);
+  *pd = NULL;
+}
+
+static int plan_build(pt_dnnl_conv *c, bool jit_only, pt_error *err) {
+  const pt_conv_params *p = &c->p;
+  const char *what = "plan";
+  const int G = p->G;
+  dnnl_dims_t src_d = {p->N, p->C, p->H, p->W}, dst_d = {p->N, p->OC, p->OH, p->OW};
+  dnnl_dims_t wei_d = {p->OC, p->C, p->KH, p->KW}, wei_g = {G, p->OC / G, p->C / G, p->KH, p->KW};
+  dnnl_dims_t bia_d = {p->OC};
+  dnnl_dims_t strides = {p->SH, p->SW}, dil = {p->DH - 1, p->DW - 1};
+  dnnl_dims_t pad_l = {p->PT, p->PL}, pad_r = {p->PB, p->PR};
+  const dnnl_format_tag_t wtag =
+      c->transpose ? (G > 1 ? dnnl_giohw : dnnl_iohw) : (G > 1 ? dnnl_goihw : dnnl_oihw);
+  const int wnd = G > 1 ? 5 : 4;
+  const dnnl_dim_t *wdims = G > 1 ? wei_g : wei_d;
+
+  TRY(dnnl_engine_create(&c->eng, dnnl_cpu, 0));
+  TRY(dnnl_stream_create(&c->strm, c->eng, dnnl_stream_default_flags));
+
+  /* the caller's layouts, and the same shapes in any layout for the primitives to choose */
+  dnnl_memory_desc_t u_src, u_wei, u_bia, u_dst, a_src, a_wei, a_dst, no_bia;
+  memset(&no_bia, 0, sizeof no_bia);
+  TRY(dnnl_memory_desc_init_by_tag(&u_src, 4, src_d, dnnl_f32, dnnl_nchw));
+  TRY(dnnl_memory_desc_init_by_tag(&u_dst, 4, dst_d, dnnl_f32, dnnl_nchw));
+  TRY(dnnl_memory_desc_init_by_tag(&u_wei, wnd, wdims, dnnl_f32, wtag));
+  TRY(dnnl_memory_desc_init_by_tag(&u_bia, 1, bia_d, dnnl_f32, dnnl_x));
+  TRY(dnnl_memory_desc_init_by_tag(&a_src, 4, src_d, dnnl_f32, dnnl_format_tag_any));
+  TRY(dnnl_memory_desc_init_by_tag(&a_dst, 4, dst_d, dnnl_f32, dnnl_format_tag_any));
+  TRY(dnnl_memory_desc_init_by_tag(&a_wei, wnd, wdims, dnnl_f32, dnnl_format_tag_any));
+  const dnnl_memory_desc_t *bia = p->has_bias && !c->bias_outside ? &u_bia : &no_bia;
+  const dnnl_memory_desc_t *umd[T_COUNT] = {&u_src, &u_wei, &u_bia, &u_dst,
+                                            &u_dst, &u_src, &u_wei, &u_bia};
+  for (int r = 0; r < T_COUNT; r++)
+    if (new_memory(c, &c->user[r], umd[r], DNNL_MEMORY_NONE, "user memory", err)) return -1;
+
+  /* The forward descriptor is made even when conv.c runs the forward: the backward ones need it
+   * as a hint. */
+  dnnl_primitive_attr_t attr = user_scratchpad_attr();
+  if (!attr) return pt_error_set(err, PT_ERR_NOMEM, "oneDNN: no attribute"), -1;
+  dnnl_convolution_desc_t fd, bdd, bwd;
+  dnnl_primitive_desc_t fpd = NULL, bdpd = NULL, bwpd = NULL;
+  dnnl_status_t st;
+  /* forward_training also for inference: for it oneDNN 2.6 picks its JIT kernels, where for
+   * forward_inference it picks brgemm-based ones that ran up to 2.5x slower here at batch 1
+   * (bench/conv_bench); and a layer then computes the same bits whether or not it trains */
+  const dnnl_prop_kind_t prop = dnnl_forward_training;
+  if (c->transpose) {
+    st = dnnl_dilated_deconvolution_forward_desc_init(&fd, prop, dnnl_deconvolution_direct, &a_src,
+                                                      &a_wei, bia, &a_dst, strides, dil, pad_l,
+                                                      pad_r);
+  } else {
+    st =
+        dnnl_dilated_convolution_forward_desc_init(&fd, prop, dnnl_convolution_direct, &a_src,
+                                                   &a_wei, bia, &a_dst, strides, dil, pad_l, pad_r);
+  }
+  if (st == dnnl_success) st = dnnl_primitive_desc_create(&fpd, &fd, attr, c->eng, NULL);
+  if (st == dnnl_success && (c->ops & PT_DNNL_BACKWARD_DATA)) {
+    if (c->transpose)
+      st = dnnl_dilated_deconvolution_backward_data_desc_init(
+          &bdd, dnnl_deconvolution_direct, &a_src, &a_wei, &a_dst, strides, dil, pad_l, pad_r);
+    else
+      st = dnnl_dilated_convolution_backward_data_desc_init(
+          &bdd, dnnl_convolution_direct, &a_src, &a_wei, &a_dst, strides, dil, pad_l, pad_r);
+    if (st == dnnl_success) st = dnnl_primitive_desc_create(&bdpd, &bdd, attr, c->eng, fpd);
+  }
+  if (st == dnnl_success && (c->ops & PT_DNNL_BACKWARD_WEIGHTS)) {
+    if (c->transpose)
+      st = dnnl_dilated_deconvolution_backward_weights_desc_init(
+          &bwd, dnnl_deconvolution_direct, &a_src, &a_wei, bia, &a_dst, strides, dil, pad_l, pad_r);
+    else
+      st = dnnl_dilated_convolution_backward_weights_desc_init(
+          &bwd, dnnl_convolution_direct, &a_src, &a_wei, bia, &a_dst, strides, dil, pad_l, pad_r);
+    if (st == dnnl_success) st = dnnl_primitive_desc_create(&bwpd, &bwd, attr, c->eng, fpd);
+  }
+  dnnl_primitive_attr_destroy(attr);
+  what = c->transpose ? "deconvolution" : "convolution";
+  if (st != dnnl_success) {
+    destroy_pd(&fpd);
+    destroy_pd(&bdpd);
+    destroy_pd(&bwpd);
+  }
+  TRY(st);
+  if (jit_only) {
+    if (!is_jit(fpd)) c->ops &= ~(unsigned)PT_DNNL_FORWARD;
+    if (bdpd && !is_jit(bdpd)) c->ops &= ~(unsigned)PT_DNNL_BACKWARD_DATA, destroy_pd(&bdpd);
+    if (bwpd && !is_jit(bwpd)) c->ops &= ~(unsigned)PT_DNNL_BACKWARD_WEIGHTS, destroy_pd(&bwpd);
+  }
+  if (c->ops & PT_DNNL_FORWARD) {
+    const char *impl = "?";
+    dnnl_primitive_desc_query(fpd, dnnl_query_impl_info_str, 0, &impl);
+    snprintf(c->impl, sizeof c->impl, "%s", impl);
+  } else {
+    snprintf(c->impl, sizeof c->impl, "gemm");
+    destroy_pd(&fpd);
+  }
+  if (!c->ops) {
+    pt_error_set(err, PT_ERR_UNSUPPORTED, "oneDNN: no JIT kernel for this %s", what);
+    return -1;
+  }
+
+  /* Buffers are bound before each primitive descriptor is consumed by make_step. The forward's
+   * go first, so backward finds and shares them where the layouts agree. */
+  int rc = 0;
+  if (fpd) {
+    rc = bind(c, &c->fwd, fpd, dnnl_query_src_md, 0, DNNL_ARG_SRC, T_SRC, err) ||
+         bind(c, &c->fwd, fpd, dnnl_query_weights_md, 0, DNNL_ARG_WEIGHTS, T_WEI, err) ||
+         bind(c, &c->fwd, fpd, dnnl_query_dst_md, 0, DNNL_ARG_DST, T_DST, err);
+    if (!rc && bia != &no_bia) add_arg(&c->fwd.run, DNNL_ARG_BIAS, c->user[T_BIA]);
+  }
+  if (!rc && bdpd)
+    rc = bind(c, &c->bwd_data, bdpd, dnnl_query_diff_dst_md, 0, DNNL_ARG_DIFF_DST, T_DDST, err) ||
+         bind(c, &c->bwd_data, bdpd, dnnl_query_weights_md, 0, DNNL_ARG_WEIGHTS, T_WEI, err) ||
+         bind(c, &c->bwd_data, bdpd, dnnl_query_diff_src_md, 0, DNNL_ARG_DIFF_SRC, T_DSRC, err);
+  if (!rc && bwpd) {
+    rc =
+        bind(c, &c->bwd_weights, bwpd, dnnl_query_src_md, 0, DNNL_ARG_SRC, T_SRC, err) ||
+        bind(c, &c->bwd_weights, bwpd, dnnl_query_diff_dst_md, 0, DNNL_ARG_DIFF_DST, T_DDST, err) ||
+        bind(c, &c->bwd_weights, bwpd, dnnl_query_diff_weights_md, 0, DNNL_ARG_DIFF_WEIGHTS, T_DWEI,
+             err);
+    if (!rc && bia != &no_bia)
+      rc = bind(c, &c->bwd_weights, bwpd, dnnl_query_diff_weights_md, 1, DNNL_ARG_DIFF_BIAS, T_DBIA,
+                err);
+  }
+  /* make_step consumes the descriptors, also after an error */
+  int rc2 = fpd ? make_step(c, &c->fwd.run, fpd, what, err) : 0;
+  int rc3 = bdpd ? make_step(c, &c->bwd_data.run, bdpd, what, err) : 0;
+  int rc4 = bwpd ? make_step(c, &c->bwd_weights.run, bwpd, what, err) : 0;
+  if (rc || rc2 || rc3 || rc4) return -1;
+  if (p->has_bias && !(c->zero_bias = calloc(p->OC, sizeof(float))))
+    return pt_error_set(err, PT_ERR_NOMEM, "oneDNN: out of memory"), -1;
+
+  /* conv.c's scratch, when it runs any of the computations the plan is for */
+  const unsigned needed = c->train ? (unsigned)PT_DNNL_ALL : (unsigned)PT_DNNL_FORWARD;
+  if (needed & ~c->ops) {
+    int64_t n = c->transpose ? pt_conv_transpose2d_scratch(p) : pt_conv2d_scratch(p);
+    if (!(c->gemm_scratch = aligned_alloc(64, ((size_t)n * sizeof(float) + 63) / 64 * 64 + 64)))
+      return pt_error_set(err, PT_ERR_NOMEM, "out of memory for convolution scratch"), -1;
+  }
+  return bind_scratchpad(c, err);
+}
+
+#undef TRY
+
+pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, bool train,
+                                       unsigned ops, pt_error *err) {
+  ops &= train ? (unsigned)PT_DNNL_ALL | PT_DNNL_JIT_ONLY : PT_DNNL_FORWARD | PT_DNNL_JIT_ONLY;
+  if (!(ops & PT_DNNL_ALL)) {
+    pt_error_set(err, PT_ERR_UNSUPPORTED, "no computation asked of oneDNN");
+    return NULL;
+  }
+  pt_dnnl_conv *c = calloc(1, sizeof *c);
+  if (!c) {
+    pt_error_set(err, PT_ERR_NOMEM, "oneDNN: out of memory");
+    return NULL;
+  }
+  c->p = *p;
+  c->transpose = transpose;
+  c->train = train;
+  c->ops = ops & PT_DNNL_ALL;
+  /* oneDNN's deconvolution adds the bias, and sums its gradient, in a slow generic loop (0.1 ms
+   * on a 16x32x32 output, more than the deconvolution itself) */
+  c->bias_outside = transpose;
+  int prev = one_thread_enter();
+  int rc = plan_build(c, (ops & PT_DNNL_JIT_ONLY) != 0, err);
+  one_thread_leave(prev);
+  if (rc) {
+    pt_dnnl_conv_plan_free(c);
+    return NULL;
+  }
+  return c;
+}
+
+void pt_dnnl_conv_plan_free(pt_dnnl_conv *c) {
+  if (!c) return;
+  for (int i = 0; i < c->n_prims; i++) dnnl_primitive_destroy(c->prims[i]);
+  for (int i = 0; i < c->n_mems; i++) dnnl_memory_destroy(c->mems[i]);
+  if (c->strm) dnnl_stream_destroy(c->strm);
+  if (c->eng) dnnl_engine_destroy(c->eng);
+  free(c->scratch);
+  free(c->zero_bias);
+  free(c->gemm_scratch);
+  free(c);
+}
+
+unsigned pt_dnnl_conv_ops(const pt_dnnl_conv *c) {
+  return c->ops;
+}
+
+const char *pt_dnnl_conv_impl(const pt_dnnl_conv *c) {
+  return c->impl;
+}
+
+/* ---- running a plan ---- */
+
+static void run_step(pt_dnnl_conv *c, const step *s) {
+  dnnl_primitive_execute(s->prim, c->strm, s->nargs, s->args);
+}
+
+/* Points the caller-side memory of `role` at this call's pointer. */
+static void set_user(pt_dnnl_conv *c, int role, const float *ptr) {
+  c->ptr[role] = ptr;
+  if (ptr) dnnl_memory_set_data_handle(c->user[role], (void *)ptr);
+}
+
+/* Refreshes the inputs of cs, runs it, and hands its outputs to the caller (those the caller
+ * wants: a NULL pointer skips one). */
+static void run_conv_step(pt_dnnl_conv *c, const conv_step *cs) {
+  for (int i = 0; i < cs->n_in; i++) {
+    buf *b = &c->bufs[cs->in[i]];
+    const float *want = c->ptr[b->role];
+    if (b->reorder.prim && b->from != want) {
+      run_step(c, &b->reorder);
+      b->from = want;
+    }
+  }
+  run_step(c, &cs->run);
+  for (int i = 0; i < cs->n_out; i++) {
+    const buf *b = &c->bufs[cs->out[i]];
+    if (b->reorder.prim && c->ptr[b->role]) run_step(c, &b->reorder);
+  }
+}
+
+/* out (N, OC, P) += b (OC) broadcast over P. */
+static void add_bias(float *out, const float *b, const pt_conv_params *p) {
+  const int64_t P = (int64_t)p->OH * p->OW;
+  for (int n = 0; n < p->N; n++)
+    for (int oc = 0; oc < p->OC; oc++) {
+      float *y = out + ((int64_t)n * p->OC + oc) * P;
+      const float v = b[oc];
+      for (int64_t i = 0; i < P; i++) y[i] += v;
+    }
+}
+
+/* db (OC) += sum of dout (N, OC, P) over N and P: eight float partial sums per plane (which the
+ * compiler vectorizes), then double across planes. */
+static void bias_grad(float *db, const float *dout, const pt_conv_params *p) {
+  const int64_t P = (int64_t)p->OH * p->OW;
+  for (int oc = 0; oc < p->OC; oc++) {
+    double s = 0;
+    for (int n = 0; n < p->N; n++) {
+      const float *d = dout + ((int64_t)n * p->OC + oc) * P;
+      float part[8] = {0};
+      int64_t i = 0;
+      for (; i + 8 <= P; i += 8)
+        for (int k = 0; k < 8; k++) part[k] += d[i + k];
+      for (; i < P; i++) part[0] += d[i];
+      s +=
+          ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    }
+    db[oc] += (float)s;
+  }
+}
+
+static void stale_all(pt_dnnl_conv *c) {
+  for (int i = 0; i < c->n_bufs; i++) c->bufs[i].from = NULL;
+}
+
+void pt_dnnl_conv_forward(pt_dnnl_conv *c, float *out, const float *in, const float *w,
+                          const float *b) {
+  /* the caller may have changed anything since the last call: every blocked copy is stale */
+  stale_all(c);
+  const pt_conv_params *p = &c->p;
+  if (!(c->ops & PT_DNNL_FORWARD)) {
+    if (c->transpose)
+      pt_conv_transpose2d_forward(out, in, w, b, p, c->gemm_scratch);
+    else
+      pt_conv2d_forward(out, in, w, b, p, c->gemm_scratch);
+    return;
+  }
+  int prev = one_thread_enter();
+  set_user(c, T_SRC, in);
+  set_user(c, T_WEI, w);
+  set_user(c, T_DST, out);
+  if (p->has_bias && !c->bias_outside) set_user(c, T_BIA, b ? b : c->zero_bias);
+  run_conv_step(c, &c->fwd);
+  dnnl_stream_wait(c->strm);
+  one_thread_leave(prev);
+  if (p->has_bias && c->bias_outside && b) add_bias(out, b, p);
+}
+
+void pt_dnnl_conv_backward(pt_dnnl_conv *c, float *din, float *dw, float *db, const float *dout,
+                           const float *in, const float *w) {
+  if (!c->train) return;
+  const pt_conv_params *p = &c->p;
+  if (!p->has_bias) db = NULL;
+  const bool dnnl_d = din && (c->ops & PT_DNNL_BACKWARD_DATA);
+  const bool dnnl_w = c->ops & PT_DNNL_BACKWARD_WEIGHTS;
+  float *gd = dnnl_d ? NULL : din, *gw = dnnl_w ? NULL : dw, *gb = dnnl_w ? NULL : db;
+  if (gd || gw || gb) {
+    if (c->transpose)
+      pt_conv_transpose2d_backward(gd, gw, gb, dout, in, w, p, c->gemm_scratch);
+    else
+      pt_conv2d_backward(gd, gw, gb, dout, in, w, p, c->gemm_scratch);
+  }
+  /* oneDNN's weights primitive sums the bias gradient along the way; alone it is a plain sum */
+  if (dnnl_w && db && (!dw || c->bias_outside)) bias_grad(db, dout, p);
+  if (!dnnl_d && !(dnnl_w && dw)) return;
+
+  int prev = one_thread_enter();
+  for (int i = 0; i < c->n_bufs; i++)
+    if (c->bufs[i].role == T_DDST) c->bufs[i].from = NULL;
+  set_user(c, T_SRC, in);
+  set_user(c, T_WEI, w);
+  set_user(c, T_DDST, dout);
+  set_user(c, T_DSRC, din);
+  set_user(c, T_DWEI, dw);
+  set_user(c, T_DBIA, c->bias_outside ? NULL : db);
+  if (dnnl_d) run_conv_step(c, &c->bwd_data);
+  if (dnnl_w && dw) run_conv_step(c, &c->bwd_weights);
+  dnnl_stream_wait(c->strm);
+  one_thread_leave(prev);
+}
+
+#else /* built without oneDNN */
+
+bool pt_dnnl_available(void) {
+  return false;
+}
+
+pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, bool train,
+                                       unsigned ops, pt_error *err) {
+  pt_error_set(err, PT_ERR_UNSUPPORTED, "built without oneDNN");
+  return NULL;
+}
+
+unsigned pt_dnnl_conv_ops(const pt_dnnl_conv *plan) {
+  return 0;
+}
+
+void pt_dnnl_conv_plan_free(pt_dnnl_conv *plan) {}
+
+const char *pt_dnnl_conv_impl(const pt_dnnl_conv *plan) {
+  return "none";
+}
+
+void pt_dnnl_conv_forward(pt_dnnl_conv *plan, float *out, const float *in, const float *w,
+                          const float *b) {}
+
+void pt_dnnl_conv_backward(pt_dnnl_conv *plan, float *din, float *dw, float *db, const float *dout,
+                           const float *in, const float *w) {}
+
+#endif
+
+/* Drawn from bench/conv_bench on a single AVX-512 core (oneDNN 2.6). oneDNN's kernels work on
+ * blocks of 16 channels and pad the rest, so what decides is the channel count each computation
+ * writes: the output for forward, the input for backward data. Conv:
+ *  - forward and backward weights where the output channels per group are a multiple of 16
+ *    (1.4-3x faster; 24 or 10 channels ran 0.65-0.95x), backward data where the input channels
+ *    are (1.5-3.3x; 3 or 8 input channels ran 0.3-0.7x, which is the first layer, whose input
+ *    gradient is seldom wanted);
+ *  - pointwise (1x1, stride 1, no padding) only backward weights: conv.c runs it as one plain
+ *    sgemm with no im2col, which oneDNN's kernels with their reorders do not beat (0.3-1.0x);
+ *  - depthwise (one input and one output channel per group) everything (1.4-6x).
+ * ConvTranspose, whose kernels are oneDNN's convolution ones run the other way round, is faster
+ * down to 8 channels (1.4-3.4x): forward where the output channels per group are a multiple of 8
+ * (3 ran 0.5x), backward data where the input channels are, and backward weights where either
+ * is (1.4-3.2x).
+ * A computation for which oneDNN picks no JIT kernel stays on conv.c (PT_DNNL_JIT_ONLY). */
+unsigned pt_dnnl_conv_preferred(const pt_conv_params *p, bool transpose) {
+  if (!pt_dnnl_available()) return 0;
+  const int Cg = p->C / p->G, OCg = p->OC / p->G;
+  if (p->G > 1 && Cg == 1 && OCg == 1) return PT_DNNL_ALL;
+  unsigned ops = 0;
+  if (transpose) {
+    if (OCg % 8 == 0) ops |= PT_DNNL_FORWARD;
+    if (Cg % 8 == 0) ops |= PT_DNNL_BACKWARD_DATA;
+    if (OCg % 8 == 0 || Cg % 8 == 0) ops |= PT_DNNL_BACKWARD_WEIGHTS;
+    return ops;
+  }
+  const bool pointwise = p->KH == 1 && p->KW == 1 && p->SH == 1 && p->SW == 1 && p->PT == 0 &&
+                         p->PL == 0 && p->PB == 0 && p->PR == 0;
+  if (OCg % 16 == 0) ops |= PT_DNNL_BACKWARD_WEIGHTS;
+  if (OCg % 16 == 0 && !pointwise) ops |= PT_DNNL_FORWARD;
+  if (Cg % 16 == 0 && !pointwise) ops |= PT_DNNL_BACKWARD_DATA;
+  return ops;
+}

@@ -1,0 +1,73 @@
+/* Conv and ConvTranspose through oneDNN (internal): a per-node plan made once by the executor.
+ *
+ * A plan holds everything one node needs to run on oneDNN's blocked-layout kernels: its own engine
+ * and stream, the primitives (forward; with `train` also backward data and backward weights), the
+ * reorders between the caller's NCHW / ONNX weight layouts and oneDNN's, the blocked buffers and a
+ * scratchpad. Each of the three computations runs on oneDNN or, where oneDNN is slower for the
+ * shape (few channels, which its kernels pad to a block of 16), on conv.c, with scratch the plan
+ * holds. Running a plan allocates nothing, and plans share no state, so two executors (or two
+ * streams) in one process are independent and may run at once on different threads.
+ *
+ * The functions compute exactly what pt_conv2d_* / pt_conv_transpose2d_* in ops.h compute, with
+ * the same arguments and the same accumulate rule: forward overwrites out; backward adds into din,
+ * dw and db and skips any that is NULL. Backward reuses the blocked copies of `in` and `w` that the
+ * latest forward of the plan made when it is handed the same pointers, so between the two the
+ * caller must not change what they point to (the executor never does: a tick's backward follows
+ * its forward).
+ *
+ * Every call runs on the calling thread alone: the calling thread's OpenMP thread count is set to
+ * one around each oneDNN call and restored after, so a stage never spreads over other cores and a
+ * given shape always runs the same kernel (results are bit-identical from run to run).
+ *
+ * Built without oneDNN, pt_dnnl_available() is false and no plan can be made. */
+#ifndef PT_CPU_DNNL_CONV_H
+#define PT_CPU_DNNL_CONV_H
+
+#include <stdbool.h>
+#include <partime/status.h>
+#include "ops.h"
+
+typedef struct pt_dnnl_conv pt_dnnl_conv;
+
+/* The three computations of a layer, each of which a plan runs on oneDNN or on conv.c. */
+enum {
+  PT_DNNL_FORWARD = 1,
+  PT_DNNL_BACKWARD_DATA = 2,    /* din */
+  PT_DNNL_BACKWARD_WEIGHTS = 4, /* dw and db */
+  PT_DNNL_ALL = 7,
+  /* with the above: leave on conv.c any computation for which oneDNN picks no JIT-compiled
+   * blocked-layout kernel (its reference or plain-layout gemm kernels are slower than conv.c) */
+  PT_DNNL_JIT_ONLY = 8,
+};
+
+/* True when the library was built with oneDNN. */
+bool pt_dnnl_available(void);
+
+/* The static rule the executor follows: the computations (PT_DNNL_* bits) of a layer of shape p
+ * that oneDNN's kernels, reorders included, ran faster than conv.c in bench/conv_bench; 0 for
+ * none, and always 0 without oneDNN. */
+unsigned pt_dnnl_conv_preferred(const pt_conv_params *p, bool transpose);
+
+/* A plan for Conv (or ConvTranspose with `transpose`) of shape p that runs the computations in
+ * `ops` on oneDNN and the others on conv.c; without `train`, forward only. NULL when no
+ * computation is left on oneDNN, oneDNN has no implementation for the shape, or memory runs out:
+ * err then says why, and the caller uses conv.c for the whole layer. */
+pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, bool train,
+                                       unsigned ops, pt_error *err);
+void pt_dnnl_conv_plan_free(pt_dnnl_conv *plan);
+
+/* The computations the plan runs on oneDNN (PT_DNNL_* bits). */
+unsigned pt_dnnl_conv_ops(const pt_dnnl_conv *plan);
+/* oneDNN's name of the kernel of the plan's forward, or "gemm" when conv.c runs it. */
+const char *pt_dnnl_conv_impl(const pt_dnnl_conv *plan);
+
+/* out (N, OC, OH, OW), in (N, C, H, W), w (OC, C/G, KH, KW) for Conv or (C, OC/G, KH, KW) for
+ * ConvTranspose, b (OC) or NULL. */
+void pt_dnnl_conv_forward(pt_dnnl_conv *plan, float *out, const float *in, const float *w,
+                          const float *b);
+/* din, dw, db shaped like in, w, b: each added into, each may be NULL. Needs a `train` plan (a
+ * plan made without does nothing). */
+void pt_dnnl_conv_backward(pt_dnnl_conv *plan, float *din, float *dw, float *db, const float *dout,
+                           const float *in, const float *w);
+
+#endif
