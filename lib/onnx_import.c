@@ -108,6 +108,21 @@ static pt_status load_tensor(pt_model *m, pt_value *v, const Onnx__TensorProto *
     return pt_error_set(err, PT_ERR_UNSUPPORTED, "%s: %s keeps its data in an external file",
                         m->name, what);
   int32_t dt = t->has_data_type ? t->data_type : 0;
+  /* The data present must match the declared shape before anything is allocated from it: a few
+   * bytes of file must not be able to ask for terabytes. */
+  bool raw = t->has_raw_data && t->raw_data.len > 0;
+  size_t esize = dt == ONNX__TENSOR_PROTO__DATA_TYPE__BOOL    ? 1
+                 : dt == ONNX__TENSOR_PROTO__DATA_TYPE__INT64 ? sizeof(int64_t)
+                                                              : sizeof(float);
+  size_t have = raw ? t->raw_data.len / esize
+                : dt == ONNX__TENSOR_PROTO__DATA_TYPE__INT64 ? t->n_int64_data
+                : dt == ONNX__TENSOR_PROTO__DATA_TYPE__BOOL  ? t->n_int32_data
+                                                             : t->n_float_data;
+  bool known = dt == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT ||
+               dt == ONNX__TENSOR_PROTO__DATA_TYPE__INT64 || dt == ONNX__TENSOR_PROTO__DATA_TYPE__BOOL;
+  if (known && (have != (size_t)n || (raw && t->raw_data.len % esize)))
+    return pt_error_set(err, PT_ERR_PARSE, "%s: %s holds %zu values but its shape needs %lld",
+                        m->name, what, have, (long long)n);
   size_t alloc = (size_t)(n > 0 ? n : 1);
   if (dt == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT) {
     v->data = calloc(alloc, sizeof(float));
@@ -130,7 +145,6 @@ static pt_status load_tensor(pt_model *m, pt_value *v, const Onnx__TensorProto *
     v->is_int = true;
     v->ival = calloc(alloc, sizeof(int64_t));
     if (!v->ival) return pt_error_set(err, PT_ERR_NOMEM, "%s: out of memory", m->name);
-    size_t esize = is_bool ? 1 : sizeof(int64_t);
     if (t->has_raw_data && t->raw_data.len > 0) {
       if (t->raw_data.len != (size_t)n * esize)
         return pt_error_set(err, PT_ERR_PARSE, "%s: %s has %zu bytes of data for %lld values",

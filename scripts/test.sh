@@ -20,13 +20,15 @@ esac
 
 scripts/deps.sh
 
-if [ -d "$build/meson-private" ]; then
-  meson setup --reconfigure "$build" "${opts[@]}"
-else
-  meson setup "$build" "${opts[@]}"
+setup=(meson setup)
+[ -d "$build/meson-private" ] && setup+=(--reconfigure)
+status=0
+if ! "${setup[@]}" "$build" "${opts[@]}"; then
+  echo "configuration failed"
+  echo "0 passed, 1 failed"
+  exit 1
 fi
 rm -f "$build/meson-logs/testlog.json"
-status=0
 if ninja -C "$build"; then
   # shellcheck disable=SC2086 # PT_TEST_ARGS is a list of words
   meson test -C "$build" --print-errorlogs --num-processes "$(nproc)" \

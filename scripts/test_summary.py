@@ -1,7 +1,9 @@
 #!/usr/bin/python3
-"""Counts the tests of one or more meson build directories from their meson-logs/testlog.json.
+"""Counts the tests of meson test runs from their JSON logs.
 
-Usage: test_summary.py BUILD_DIR...   Prints the failing and skipped tests, then, as its last
+Usage: test_summary.py BUILD_DIR|LOG.json...   A build directory stands for its
+meson-logs/testlog.json (a run with --wrapper or --setup writes testlog-NAME.json instead: pass
+that file). Prints the failing and skipped tests, then, as its last
 line, "N passed, N failed" (every test counts once; a skip is neither). Exits 1 on a failure or
 when a directory has no test log."""
 import json
@@ -13,7 +15,7 @@ SKIP = {"SKIP"}
 
 passed = failed = 0
 for build in sys.argv[1:]:
-    log = os.path.join(build, "meson-logs", "testlog.json")
+    log = build if build.endswith(".json") else os.path.join(build, "meson-logs", "testlog.json")
     if not os.path.exists(log):
         print(f"{build}: no test log (the build or the test run did not happen)")
         failed += 1

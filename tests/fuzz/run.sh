@@ -4,7 +4,7 @@
 # Usage: tests/fuzz/run.sh BUILD_DIR SECONDS
 #
 # The ONNX corpus is seeded from the ONNX conformance models (Debian libonnx-testdata), the .npy
-# corpus from arrays numpy writes plus the regression inputs. A crash, leak, timeout or
+# corpus from arrays numpy writes, and both from the regression inputs. A crash, leak, timeout or
 # out-of-memory fails the run, and the input that caused it is copied to
 # tests/fuzz/regressions/, where the fuzz-regressions test of the normal suite replays it through
 # both parsers. The last line is "N passed, N failed" (one per target).
@@ -19,13 +19,18 @@ seconds=$2
 src=$(cd "$(dirname "$0")/../.." && pwd)
 testdata=${PT_ONNX_TESTDATA:-/usr/share/libonnx-testdata/data}
 
-if [ ! -f "$build/build.ninja" ]; then
-  # The library is instrumented for coverage (fuzzer-no-link); the targets link libFuzzer.
+# The library is instrumented for coverage (fuzzer-no-link); the targets link libFuzzer.
+if { [ -f "$build/build.ninja" ] ||
   CC=clang meson setup "$build" "$src" -Dfuzz=true -Dtests=disabled -Dgst=disabled \
     -Dcuda=disabled -Db_sanitize=address,undefined -Db_lundef=false \
-    -Dc_args="-fsanitize=fuzzer-no-link -fno-sanitize-recover=all"
+    -Dc_args="-fsanitize=fuzzer-no-link -fno-sanitize-recover=all"; } &&
+  ninja -C "$build" tests/fuzz/fuzz_onnx tests/fuzz/fuzz_npy; then
+  :
+else
+  echo "fuzz: the fuzz build failed"
+  echo "0 passed, 1 failed"
+  exit 1
 fi
-ninja -C "$build" tests/fuzz/fuzz_onnx tests/fuzz/fuzz_npy
 
 work=$build/fuzz-work
 rm -rf "$work/seeds" "$work/artifacts"
@@ -61,8 +66,12 @@ for name, a in arrays.items():
         with open(f"{out}/{name}_v{v[0]}.npy", "wb") as f:
             fmt.write_array(f, a, version=v)
 PY
-cp "$src"/tests/fuzz/regressions/hostile-npy-* "$work/seeds/npy/" 2>/dev/null || true
-cp "$src"/tests/fuzz/regressions/hostile-onnx-* "$work/seeds/onnx/" 2>/dev/null || true
+# Every known regression seeds both fuzzers, so one that is not fixed yet fails the run at once.
+for r in "$src"/tests/fuzz/regressions/*; do
+  [ "$(basename "$r")" = README ] && continue
+  cp "$r" "$work/seeds/npy/"
+  cp "$r" "$work/seeds/onnx/"
+done
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}

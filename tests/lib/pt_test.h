@@ -23,8 +23,9 @@ static int pt_test_passed, pt_test_failed;
 /* Stops the program when a precondition of later checks fails (a missing fixture, say). */
 #define REQUIRE(cond, ...)                                                                         \
   do {                                                                                             \
-    CHECK(cond, __VA_ARGS__);                                                                      \
-    if (!(cond)) {                                                                                 \
+    int pt_require_ok_ = (cond) ? 1 : 0;                                                           \
+    CHECK(pt_require_ok_, __VA_ARGS__);                                                            \
+    if (!pt_require_ok_) {                                                                         \
       printf("%d passed, %d failed\n", pt_test_passed, pt_test_failed);                            \
       return 1;                                                                                    \
     }                                                                                              \
