@@ -251,6 +251,21 @@ static void test_threaded_identical(void) {
         }
 }
 
+/* Inference too: threaded runs of up to 6 stages give the sequential schedule's outputs. */
+static void test_threaded_identical_inference(void) {
+  const int N = 100;
+  for (int D = 2; D <= 6; D += 4)
+    for (unsigned long long seed = 1; seed <= 2; seed++) {
+      run_out a = run_stream("residual.onnx", D, false, PT_LOSS_NONE, PT_OPT_SGD, N, seed);
+      run_out b = run_stream("residual.onnx", D, true, PT_LOSS_NONE, PT_OPT_SGD, N, seed);
+      CHECK(a.outputs && b.outputs && memcmp(a.outputs, b.outputs, sizeof(float) * N * 432) == 0,
+            "residual D=%d seed %llu inference: threaded outputs bit-identical to sequential", D,
+            seed);
+      free_run(&a);
+      free_run(&b);
+    }
+}
+
 /* D = 1 is exact online SGD / Adam: compare with a plain loop over the executor. */
 static void test_d1_online(void) {
   for (int opt = 0; opt <= 1; opt++) {
@@ -562,6 +577,7 @@ int main(int argc, char **argv) {
   test_tick_contract();
   test_lag();
   test_threaded_identical();
+  test_threaded_identical_inference();
   test_d1_online();
   test_drain_flush_save();
   test_guard();
