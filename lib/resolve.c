@@ -76,7 +76,7 @@ static pt_status attr_str(rctx *c, const char *name, const char *def, char *buf,
   if ((a->has_type && a->type != ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRING) || !a->has_s)
     return fail(c, PT_ERR_PARSE, "attribute '%s' is not a string", name);
   size_t len = a->s.len < n - 1 ? a->s.len : n - 1;
-  memcpy(buf, a->s.data, len);
+  if (len) memcpy(buf, a->s.data, len);
   buf[len] = '\0';
   return PT_OK;
 }
