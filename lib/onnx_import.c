@@ -581,6 +581,23 @@ pt_status pt_model_load_memory(const void *data, size_t size, const char *name, 
   if (!mp)
     return pt_error_set(err, PT_ERR_PARSE,
                         "%s: not an ONNX model (truncated or not a protobuf ModelProto)", name);
+  /* Checkpoints write this message back: a file protobuf-c reads but whose re-encoding it then
+   * refuses (a field numbered 0, say) is malformed, and is refused now rather than at save. */
+  size_t packed_size = onnx__model_proto__get_packed_size(mp);
+  uint8_t *packed = malloc(packed_size ? packed_size : 1);
+  Onnx__ModelProto *again = NULL;
+  bool allocated = packed != NULL;
+  if (packed) {
+    onnx__model_proto__pack(mp, packed);
+    again = onnx__model_proto__unpack(NULL, packed_size, packed);
+  }
+  free(packed);
+  if (!again) {
+    onnx__model_proto__free_unpacked(mp, NULL);
+    return pt_error_set(err, allocated ? PT_ERR_PARSE : PT_ERR_NOMEM,
+                        "%s: not an ONNX model (malformed protobuf fields)", name);
+  }
+  onnx__model_proto__free_unpacked(again, NULL);
   pt_model *m = calloc(1, sizeof *m);
   if (!m || !(m->name = strdup(name))) {
     free(m);
