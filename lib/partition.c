@@ -112,15 +112,6 @@ static void cut_floats_all(const pt_model *m, int64_t *out) {
   free(diff);
 }
 
-int64_t pt_cut_floats(const pt_model *m, int i) {
-  int64_t *all = malloc(m->n_nodes * sizeof *all);
-  if (!all) return 0;
-  cut_floats_all(m, all);
-  int64_t r = all[i];
-  free(all);
-  return r;
-}
-
 bool pt_cut_is_preferred(const pt_model *m, int i) {
   const pt_node *n = &m->nodes[i];
   switch (n->op) {

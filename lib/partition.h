@@ -22,9 +22,6 @@ typedef struct pt_partition {
  * seconds, the median of a few runs. */
 pt_status pt_measure_node_costs(pt_model *m, bool train, double *cost, pt_error *err);
 
-/* Floats that cross a cut placed after node i (0 <= i < n_nodes - 1). */
-int64_t pt_cut_floats(const pt_model *m, int i);
-
 /* True when a cut after node i follows an activation or pooling layer. */
 bool pt_cut_is_preferred(const pt_model *m, int i);
 

@@ -135,7 +135,6 @@ struct pt_stream {
   bool started;
   int64_t skipped, restores;
   char last_error[PT_ERROR_MAX];
-  pt_error err; /* the first error a worker hit */
 };
 
 static double now_s(void) {
