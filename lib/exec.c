@@ -47,6 +47,33 @@ bool pt_exec_is_external(const pt_exec *x, int v) {
   return false;
 }
 
+void pt_exec_plan_grads(const pt_model *m, int first, int end, bool grad_external,
+                        bool *needs_grad, int *params, int *n_params) {
+  const pt_exec range = {.m = (pt_model *)m, .first = first, .end = end};
+  *n_params = 0;
+  for (int v = 0; v < m->n_vals; v++) {
+    if (m->vals[v].kind == PT_VAL_PARAM) {
+      bool read = false;
+      for (int i = first; i < end && !read; i++)
+        for (int k = 0; k < n_data_inputs(&m->nodes[i]); k++)
+          if (m->nodes[i].in[k] == v) read = true;
+      if (read) {
+        needs_grad[v] = true;
+        params[(*n_params)++] = v;
+      }
+    } else if (grad_external && pt_exec_is_external(&range, v)) {
+      needs_grad[v] = true;
+    }
+  }
+  for (int i = first; i < end; i++) {
+    const pt_node *n = &m->nodes[i];
+    bool any = false;
+    for (int k = 0; k < n_data_inputs(n); k++)
+      if (n->in[k] >= 0 && needs_grad[n->in[k]]) any = true;
+    for (int k = 0; k < n->n_out; k++) needs_grad[n->out[k]] = any;
+  }
+}
+
 pt_status pt_exec_init(pt_exec *x, pt_model *m, int first, int end, bool train, bool grad_external,
                        pt_error *err) {
   memset(x, 0, sizeof *x);
@@ -66,30 +93,7 @@ pt_status pt_exec_init(pt_exec *x, pt_model *m, int first, int end, bool train, 
   x->params = calloc(nv, sizeof *x->params);
   if (!x->act || !x->grad || !x->needs_grad || !x->aux || !x->plan || !x->params) goto nomem;
 
-  /* Which values need gradients, in topological order. */
-  if (train) {
-    for (int v = 0; v < nv; v++) {
-      if (m->vals[v].kind == PT_VAL_PARAM) {
-        bool read = false;
-        for (int i = first; i < end && !read; i++)
-          for (int k = 0; k < n_data_inputs(&m->nodes[i]); k++)
-            if (m->nodes[i].in[k] == v) read = true;
-        if (read) {
-          x->needs_grad[v] = true;
-          x->params[x->n_params++] = v;
-        }
-      } else if (grad_external && pt_exec_is_external(x, v)) {
-        x->needs_grad[v] = true;
-      }
-    }
-    for (int i = first; i < end; i++) {
-      const pt_node *n = &m->nodes[i];
-      bool any = false;
-      for (int k = 0; k < n_data_inputs(n); k++)
-        if (n->in[k] >= 0 && x->needs_grad[n->in[k]]) any = true;
-      for (int k = 0; k < n->n_out; k++) x->needs_grad[n->out[k]] = any;
-    }
-  }
+  if (train) pt_exec_plan_grads(m, first, end, grad_external, x->needs_grad, x->params, &x->n_params);
 
   /* Size table. */
   int64_t act_floats = 0, grad_floats = 0, aux_bytes = 0;

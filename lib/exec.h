@@ -43,6 +43,12 @@ pt_status pt_exec_init(pt_exec *x, pt_model *m, int first, int end, bool train, 
                        pt_error *err);
 void pt_exec_free(pt_exec *x);
 
+/* The gradient plan shared by every backend: marks in needs_grad (n_vals, zeroed by the caller)
+ * each value of nodes [first, end) that needs a gradient, and lists the parameters read there in
+ * params (n_vals entries of room), in value order. */
+void pt_exec_plan_grads(const pt_model *m, int first, int end, bool grad_external,
+                        bool *needs_grad, int *params, int *n_params);
+
 /* Points an external value at caller-owned memory (read by forward and backward). */
 void pt_exec_bind(pt_exec *x, int value, const float *data);
 float *pt_exec_act(const pt_exec *x, int value);

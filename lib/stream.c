@@ -36,106 +36,6 @@
 #include "partition.h"
 #include "stream_internal.h"
 
-#define PT_BACKUP_EVERY 64
-#define PT_RAW_RING 4       /* raw frames waiting for stage 0 to convert them */
-#define PT_RESULT_QUEUE 16 /* finished results that may wait for pop beyond those in flight */
-
-typedef enum slot_state { SLOT_FREE, SLOT_IN_FLIGHT, SLOT_DONE, SLOT_POPPED } slot_state;
-
-typedef struct slot {
-  slot_state state;
-  int64_t frame;
-  int64_t entry_tick; /* the tick at which it entered stage 0, -1 while it waits to enter */
-  void *user;
-  float *input;  /* the frame (numel of the input) */
-  int raw;       /* index in the raw ring of a frame waiting for opts.preprocess, or -1 */
-  size_t raw_n;
-  float *target; /* mse / next-frame target (numel of the output) */
-  int64_t cls;
-  bool has_target;
-  float *output;
-  float loss;
-  bool trained;
-  int64_t step;
-} slot;
-
-typedef struct boundary {
-  int n;
-  int *vals;
-  int64_t *off; /* offset of each value in the packed buffers */
-  int64_t floats;
-  float *buf[2], *gbuf[2];
-  bool greal[2]; /* gbuf[i] holds a gradient that came from a real frame */
-} boundary;
-
-typedef struct hyper {
-  float lr, momentum, weight_decay;
-} hyper;
-
-typedef struct tick_desc {
-  int slot;   /* frame slot entering stage 0 at this tick, -1 for a bubble */
-  bool train; /* training on for this tick */
-  hyper h;    /* the optimizer settings the frame entering now trains with */
-} tick_desc;
-
-struct pt_stream;
-
-typedef struct stage {
-  struct pt_stream *s;
-  int j, first, end;
-  pt_exec x;
-  char device[32];
-  int core; /* CPU core to pin to, -1 for none */
-  pthread_t thread;
-  bool thread_started;
-  int64_t done; /* ticks completed */
-  int *ext;     /* external values the nodes read */
-  int n_ext;
-  float *opt_m, *opt_v, *backup; /* per parameter element, in x.params order */
-  int64_t n_param_floats;
-  int64_t opt_step, good_updates;
-  int bad_run;
-  double busy_s, predicted_s;
-  int64_t ticks_real, updates;
-} stage;
-
-struct pt_stream {
-  pt_model *m;
-  pt_stream_opts o;
-  char devices_copy[256];
-  int D;
-  stage *st;
-  boundary *bd; /* bd[j] between stage j and j+1; bd[D-1] is the output */
-  int64_t in_numel, out_numel;
-  int out_classes;
-  bool out_is_prob;
-
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  bool stop;
-  bool threaded;
-  bool train_on;
-  hyper h;
-  unsigned char *raw[PT_RAW_RING];
-  bool raw_busy[PT_RAW_RING];
-  int64_t raw_next;
-
-  tick_desc *ticks;
-  int n_ticks_ring;
-  int64_t issued;           /* ticks issued */
-  int64_t last_frame_tick;  /* tick at which the newest frame entered, -1 if none */
-
-  slot *slots;
-  int n_slots;
-  int64_t next_frame; /* index of the next frame to push */
-  int64_t next_pop;   /* index of the next frame to pop */
-  int held;           /* next-frame loss: slot of the frame waiting for its successor, -1 */
-
-  double t_start;
-  bool started;
-  int64_t skipped, restores;
-  char last_error[PT_ERROR_MAX];
-};
 
 static double now_s(void) {
   struct timespec ts;
@@ -212,7 +112,8 @@ const char *pt_optimizer_name(pt_optimizer o) {
 
 typedef struct device {
   char name[32];
-  int core;
+  int core; /* CPU core, -1 for a GPU */
+  int gpu;  /* CUDA device index, -1 for a CPU core */
 } device;
 
 static pt_status parse_devices(const char *list, int want, device *dev, int *n, pt_error *err) {
@@ -223,6 +124,7 @@ static pt_status parse_devices(const char *list, int want, device *dev, int *n, 
     for (int i = 0; i < want; i++) {
       snprintf(dev[i].name, sizeof dev[i].name, "cpu");
       dev[i].core = (int)(i % ncores);
+      dev[i].gpu = -1;
     }
     *n = want;
     return PT_OK;
@@ -241,6 +143,7 @@ static pt_status parse_devices(const char *list, int want, device *dev, int *n, 
                           PT_MAX_STAGES);
     device *d = &dev[(*n)++];
     snprintf(d->name, sizeof d->name, "%s", tok);
+    d->gpu = -1;
     if (strcmp(tok, "cpu") == 0) {
       d->core = (int)(plain_cpus++ % ncores);
     } else if (strncmp(tok, "cpu:", 4) == 0) {
@@ -252,8 +155,9 @@ static pt_status parse_devices(const char *list, int want, device *dev, int *n, 
                             ncores - 1);
       d->core = (int)c;
     } else if (strncmp(tok, "cuda", 4) == 0) {
-      return pt_error_set(err, PT_ERR_DEVICE,
-                          "device '%s': this build of libpartime has no CUDA backend", tok);
+      pt_status st = pt_cuda_parse_device(tok, &d->gpu, err);
+      if (st) return st;
+      d->core = -1;
     } else {
       return pt_error_set(err, PT_ERR_DEVICE,
                           "device '%s': unknown device (expected cpu, cpu:N or cuda:N)", tok);
@@ -308,7 +212,7 @@ static pt_status build_boundaries(pt_stream *s, pt_error *err) {
       b->floats += (m->vals[v].numel + 15) / 16 * 16;
       b->n++;
     }
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 2 && !s->cuda; i++) { /* a CUDA stream's live on its devices */
       b->buf[i] = calloc(b->floats ? b->floats : 1, sizeof(float));
       b->gbuf[i] = calloc(b->floats ? b->floats : 1, sizeof(float));
       if (!b->buf[i] || !b->gbuf[i]) goto nomem;
@@ -358,6 +262,16 @@ nomem:
 
 static void *stage_main(void *arg);
 
+/* Frame memory: pinned for a CUDA stream (copies to and from it overlap with work). */
+static void *host_alloc(const pt_stream *s, size_t bytes) {
+  return s->cuda ? pt_cuda_host_alloc(bytes) : calloc(1, bytes);
+}
+
+static void host_free(const pt_stream *s, void *p) {
+  if (s->cuda) pt_cuda_host_free(p);
+  else free(p);
+}
+
 pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, pt_error *err) {
   *out = NULL;
   pt_stream_opts defaults;
@@ -378,6 +292,13 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
                         PT_MAX_STAGES);
   if (D == 0 && (!o->devices || !*o->devices)) D = 1;
   if ((st = parse_devices(o->devices, D, dev, &G, err))) return st;
+  int gpus = 0;
+  for (int i = 0; i < G; i++) gpus += dev[i].gpu >= 0;
+  if (gpus && gpus != G)
+    return pt_error_set(err, PT_ERR_DEVICE,
+                        "devices '%s': a stream runs either on CPU cores or on GPUs; mixing them "
+                        "is not supported",
+                        o->devices);
   if (D == 0) D = G;
   if (D > m->n_nodes)
     return pt_error_set(err, PT_ERR_INVALID, "%d stages asked for but %s has only %d nodes", D,
@@ -403,6 +324,7 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
   s->o.balance = NULL; /* not kept: only used here */
   s->D = D;
   s->threaded = o->threaded;
+  s->cuda = gpus > 0;
   s->train_on = o->train.enabled;
   s->h = (hyper){o->train.lr, o->train.momentum, o->train.weight_decay};
   s->held = -1;
@@ -460,9 +382,9 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
   }
   for (int i = 0; i < s->n_slots; i++) {
     slot *sl = &s->slots[i];
-    sl->input = calloc(s->in_numel, sizeof(float));
-    sl->output = calloc(s->out_numel, sizeof(float));
-    sl->target = calloc(s->out_numel, sizeof(float));
+    sl->input = host_alloc(s, s->in_numel * sizeof(float));
+    sl->output = host_alloc(s, s->out_numel * sizeof(float));
+    sl->target = host_alloc(s, s->out_numel * sizeof(float));
     if (!sl->input || !sl->output || !sl->target) {
       st = pt_error_set(err, PT_ERR_NOMEM, "out of memory allocating frame slots");
       goto fail;
@@ -483,10 +405,15 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
     int di = (int)((int64_t)j * G / D);
     snprintf(g->device, sizeof g->device, "%s", dev[di].name);
     g->core = dev[di].core;
+    g->gpu = dev[di].gpu;
   }
   if ((st = build_boundaries(s, err))) goto fail;
-  for (int j = 0; j < D; j++)
-    if ((st = stage_init(s, &s->st[j], err))) goto fail;
+  if (s->cuda) {
+    if ((st = pt_cuda_stream_init(s, err))) goto fail;
+  } else {
+    for (int j = 0; j < D; j++)
+      if ((st = stage_init(s, &s->st[j], err))) goto fail;
+  }
   pt_blas_init();
   if (s->threaded) {
     for (int j = 0; j < D; j++) {
@@ -518,9 +445,15 @@ void pt_stream_free(pt_stream *s) {
   s->stop = true;
   pthread_cond_broadcast(&s->cv);
   pthread_mutex_unlock(&s->mu);
+  for (int j = 0; s->st && j < s->D; j++)
+    if (s->st[j].thread_started) pthread_join(s->st[j].thread, NULL);
+  if (s->cuda && s->st) {
+    pt_error err;
+    pt_cuda_stream_sync(s, true, &err); /* the model keeps what the stream learned */
+    pt_cuda_stream_free(s);
+  }
   for (int j = 0; s->st && j < s->D; j++) {
     stage *g = &s->st[j];
-    if (g->thread_started) pthread_join(g->thread, NULL);
     pt_exec_free(&g->x);
     free(g->ext);
     free(g->opt_m);
@@ -531,15 +464,15 @@ void pt_stream_free(pt_stream *s) {
     boundary *b = &s->bd[j];
     free(b->vals);
     free(b->off);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 2 && !s->cuda; i++) {
       free(b->buf[i]);
       free(b->gbuf[i]);
     }
   }
   for (int i = 0; s->slots && i < s->n_slots; i++) {
-    free(s->slots[i].input);
-    free(s->slots[i].output);
-    free(s->slots[i].target);
+    host_free(s, s->slots[i].input);
+    host_free(s, s->slots[i].output);
+    host_free(s, s->slots[i].target);
   }
   for (int i = 0; i < PT_RAW_RING; i++) free(s->raw[i]);
   free(s->slots);
@@ -621,13 +554,10 @@ static bool frame_loss(pt_stream *s, slot *sl, const float *out, float *dloss, f
   return false;
 }
 
-static void run_tick(stage *g, int64_t k) {
+static void run_tick(stage *g, int64_t k, const tick_desc *td) {
   pt_stream *s = g->s;
   pt_model *m = s->m;
   int j = g->j, D = s->D;
-  /* before tick j, stage j has nothing yet: the fill */
-  static const tick_desc fill = {.slot = -1};
-  const tick_desc *td = k >= j ? &s->ticks[(k - j) % s->n_ticks_ring] : &fill;
   int cur = (int)(k % 2), prev = (int)((k + 1) % 2);
   boundary *in = j > 0 ? &s->bd[j - 1] : NULL;
   boundary *out = &s->bd[j];
@@ -756,6 +686,16 @@ static void run_tick(stage *g, int64_t k) {
   g->busy_s += now_s() - t0;
 }
 
+/* Runs (CPU) or enqueues (CUDA) stage g's part of tick k. */
+static void tick(stage *g, int64_t k) {
+  pt_stream *s = g->s;
+  /* before tick j, stage j has nothing yet: the fill */
+  static const tick_desc fill = {.slot = -1};
+  const tick_desc *td = k >= g->j ? &s->ticks[(k - g->j) % s->n_ticks_ring] : &fill;
+  if (s->cuda) pt_cuda_run_tick(g, k, td);
+  else run_tick(g, k, td);
+}
+
 /* A stage may run tick k once stages j-1 and j+1 have finished tick k-1. Caller holds mu. */
 static bool ready(const pt_stream *s, const stage *g, int64_t k) {
   if (k >= s->issued) return false;
@@ -764,10 +704,11 @@ static bool ready(const pt_stream *s, const stage *g, int64_t k) {
   return true;
 }
 
+/* On a GPU, done counts enqueued ticks; the frame's slot is marked by the device's callback. */
 static void finish_tick(stage *g, int64_t k) {
   pt_stream *s = g->s;
   g->done = k + 1;
-  if (g->j == s->D - 1 && k >= g->j) {
+  if (g->j == s->D - 1 && k >= g->j && !s->cuda) {
     const tick_desc *td = &s->ticks[(k - g->j) % s->n_ticks_ring];
     if (td->slot >= 0) s->slots[td->slot].state = SLOT_DONE;
   }
@@ -794,7 +735,7 @@ static void *stage_main(void *arg) {
     if (s->stop) break;
     int64_t k = g->done;
     pthread_mutex_unlock(&s->mu);
-    run_tick(g, k);
+    tick(g, k);
     pthread_mutex_lock(&s->mu);
     finish_tick(g, k);
     pthread_cond_broadcast(&s->cv);
@@ -827,8 +768,10 @@ static void issue_tick(pt_stream *s, int slot_index) {
   }
   pthread_mutex_unlock(&s->mu);
   for (int j = 0; j < s->D; j++) {
-    run_tick(&s->st[j], k);
+    tick(&s->st[j], k);
+    pthread_mutex_lock(&s->mu);
     finish_tick(&s->st[j], k);
+    pthread_mutex_unlock(&s->mu);
   }
 }
 
@@ -842,6 +785,10 @@ static void wait_idle(pt_stream *s) {
     pthread_cond_wait(&s->cv, &s->mu);
   }
   pthread_mutex_unlock(&s->mu);
+  if (s->cuda) {
+    pt_error err;
+    if (pt_cuda_stream_sync(s, false, &err)) fail(s, PT_ERR_DEVICE, "%s", err.msg);
+  }
 }
 
 /* Takes the slot of frame `frame`, waiting while it is still in use. */
@@ -950,7 +897,7 @@ pt_status pt_stream_pop(pt_stream *s, pt_result *r) {
   int i = (int)(s->next_pop % s->n_slots);
   slot *sl = &s->slots[i];
   /* wait for the frame only when the tick that finishes it has been issued */
-  while (s->threaded && sl->state == SLOT_IN_FLIGHT && sl->frame == s->next_pop &&
+  while ((s->threaded || s->cuda) && sl->state == SLOT_IN_FLIGHT && sl->frame == s->next_pop &&
          sl->entry_tick >= 0 && sl->entry_tick + s->D - 1 < s->issued)
     pthread_cond_wait(&s->cv, &s->mu);
   if (sl->state != SLOT_DONE || sl->frame != s->next_pop) {
@@ -978,6 +925,11 @@ pt_status pt_stream_drain(pt_stream *s) {
   }
   while (s->last_frame_tick >= 0 && s->issued < s->last_frame_tick + s->D) issue_tick(s, -1);
   wait_idle(s);
+  if (s->cuda) {
+    pt_error err;
+    pt_status st = pt_cuda_stream_sync(s, true, &err);
+    if (st) return fail(s, st, "%s", err.msg);
+  }
   return PT_OK;
 }
 
@@ -989,6 +941,7 @@ pt_status pt_stream_flush(pt_stream *s) {
     s->st[j].done = 0;
     s->bd[j].greal[0] = s->bd[j].greal[1] = false;
   }
+  if (s->cuda) pt_cuda_stream_reset(s);
   s->issued = 0;
   s->last_frame_tick = -1;
   s->next_frame = 0;
@@ -1038,12 +991,14 @@ pt_status pt_stream_save(pt_stream *s, const char *path) {
   wait_idle(s);
   pt_error err;
   pt_error_clear(&err);
-  pt_status st = pt_model_save(s->m, path, &err);
+  pt_status st = s->cuda ? pt_cuda_stream_sync(s, true, &err) : PT_OK;
+  if (!st) st = pt_model_save(s->m, path, &err);
   if (st) fail(s, st, "%s", err.msg);
   return st;
 }
 
 const float *pt_stream_param_grad(const pt_stream *s, int value) {
+  if (s->cuda) return NULL;
   for (int j = 0; j < s->D; j++)
     for (int i = 0; i < s->st[j].x.n_params; i++)
       if (s->st[j].x.params[i] == value) return pt_exec_grad(&s->st[j].x, value);
