@@ -29,9 +29,12 @@ static int n_data_inputs(const pt_node *n) {
   case PT_OP_UNARY:
   case PT_OP_SOFTMAX:
   case PT_OP_MAXPOOL:
-  case PT_OP_AVGPOOL: return 1;
-  case PT_OP_BATCHNORM: return 3; /* X, scale, bias; mean and var are statistics */
-  default: return n->n_in;
+  case PT_OP_AVGPOOL:
+    return 1;
+  case PT_OP_BATCHNORM:
+    return 3; /* X, scale, bias; mean and var are statistics */
+  default:
+    return n->n_in;
   }
 }
 
@@ -47,8 +50,8 @@ bool pt_exec_is_external(const pt_exec *x, int v) {
   return false;
 }
 
-void pt_exec_plan_grads(const pt_model *m, int first, int end, bool grad_external,
-                        bool *needs_grad, int *params, int *n_params) {
+void pt_exec_plan_grads(const pt_model *m, int first, int end, bool grad_external, bool *needs_grad,
+                        int *params, int *n_params) {
   const pt_exec range = {.m = (pt_model *)m, .first = first, .end = end};
   *n_params = 0;
   for (int v = 0; v < m->n_vals; v++) {
@@ -93,7 +96,8 @@ pt_status pt_exec_init(pt_exec *x, pt_model *m, int first, int end, bool train, 
   x->params = calloc(nv, sizeof *x->params);
   if (!x->act || !x->grad || !x->needs_grad || !x->aux || !x->plan || !x->params) goto nomem;
 
-  if (train) pt_exec_plan_grads(m, first, end, grad_external, x->needs_grad, x->params, &x->n_params);
+  if (train)
+    pt_exec_plan_grads(m, first, end, grad_external, x->needs_grad, x->params, &x->n_params);
 
   /* Size table. */
   int64_t act_floats = 0, grad_floats = 0, aux_bytes = 0;
@@ -112,8 +116,8 @@ pt_status pt_exec_init(pt_exec *x, pt_model *m, int first, int end, bool train, 
   if (act_floats && !(x->act_arena = aligned_alloc(64, act_floats * sizeof(float)))) goto nomem;
   if (grad_floats && !(x->grad_arena = aligned_alloc(64, grad_floats * sizeof(float)))) goto nomem;
   if (aux_bytes && !(x->aux_arena = aligned_alloc(64, aux_bytes))) goto nomem;
-  if (x->scratch_floats &&
-      !(x->scratch = aligned_alloc(64, round_up(x->scratch_floats, PT_ALIGN_FLOATS) * sizeof(float))))
+  if (x->scratch_floats && !(x->scratch = aligned_alloc(
+                                 64, round_up(x->scratch_floats, PT_ALIGN_FLOATS) * sizeof(float))))
     goto nomem;
   if (act_floats) memset(x->act_arena, 0, act_floats * sizeof(float));
   if (grad_floats) memset(x->grad_arena, 0, grad_floats * sizeof(float));
@@ -205,29 +209,50 @@ static void node_forward(pt_exec *x, const pt_node *n, void *aux, void *plan) {
     return;
   }
   switch (n->op) {
-  case PT_OP_CONV: pt_conv2d_forward(out, IN(0), IN(1), IN(2), &p->conv, x->scratch); break;
+  case PT_OP_CONV:
+    pt_conv2d_forward(out, IN(0), IN(1), IN(2), &p->conv, x->scratch);
+    break;
   case PT_OP_CONV_TRANSPOSE:
     pt_conv_transpose2d_forward(out, IN(0), IN(1), IN(2), &p->conv, x->scratch);
     break;
-  case PT_OP_GEMM: pt_gemm_forward(out, IN(0), IN(1), IN(2), &p->gemm); break;
-  case PT_OP_MATMUL: pt_matmul_forward(out, IN(0), IN(1), &p->matmul); break;
-  case PT_OP_BINARY: pt_binary_forward(out, IN(0), IN(1), &p->binary); break;
-  case PT_OP_UNARY: pt_unary_forward(out, IN(0), &p->unary); break;
-  case PT_OP_MAXPOOL: pt_maxpool_forward(out, aux, IN(0), &p->pool); break;
-  case PT_OP_AVGPOOL: pt_avgpool_forward(out, IN(0), &p->pool); break;
+  case PT_OP_GEMM:
+    pt_gemm_forward(out, IN(0), IN(1), IN(2), &p->gemm);
+    break;
+  case PT_OP_MATMUL:
+    pt_matmul_forward(out, IN(0), IN(1), &p->matmul);
+    break;
+  case PT_OP_BINARY:
+    pt_binary_forward(out, IN(0), IN(1), &p->binary);
+    break;
+  case PT_OP_UNARY:
+    pt_unary_forward(out, IN(0), &p->unary);
+    break;
+  case PT_OP_MAXPOOL:
+    pt_maxpool_forward(out, aux, IN(0), &p->pool);
+    break;
+  case PT_OP_AVGPOOL:
+    pt_avgpool_forward(out, IN(0), &p->pool);
+    break;
   case PT_OP_BATCHNORM:
     pt_batchnorm_forward(out, IN(0), IN(1), IN(2), IN(3), IN(4), &p->bn);
     break;
-  case PT_OP_SOFTMAX: pt_softmax_forward(out, IN(0), &p->softmax); break;
-  case PT_OP_COPY: pt_copy_forward(out, IN(0), &p->copy); break;
+  case PT_OP_SOFTMAX:
+    pt_softmax_forward(out, IN(0), &p->softmax);
+    break;
+  case PT_OP_COPY:
+    pt_copy_forward(out, IN(0), &p->copy);
+    break;
   case PT_OP_CONCAT: {
     const float *ins[PT_MAX_CONCAT];
     for (int i = 0; i < n->n_in && i < PT_MAX_CONCAT; i++) ins[i] = IN(i);
     pt_concat_forward(out, ins, &p->concat);
     break;
   }
-  case PT_OP_RESIZE: pt_resize_forward(out, IN(0), &p->resize); break;
-  case PT_OP_COUNT: break;
+  case PT_OP_RESIZE:
+    pt_resize_forward(out, IN(0), &p->resize);
+    break;
+  case PT_OP_COUNT:
+    break;
   }
 #undef IN
 }
@@ -250,25 +275,44 @@ static void node_backward(pt_exec *x, const pt_node *n, void *aux, void *plan) {
   case PT_OP_CONV_TRANSPOSE:
     pt_conv_transpose2d_backward(D(0), D(1), D(2), dout, IN(0), IN(1), &p->conv, x->scratch);
     break;
-  case PT_OP_GEMM: pt_gemm_backward(D(0), D(1), D(2), dout, IN(0), IN(1), &p->gemm); break;
-  case PT_OP_MATMUL: pt_matmul_backward(D(0), D(1), dout, IN(0), IN(1), &p->matmul); break;
-  case PT_OP_BINARY: pt_binary_backward(D(0), D(1), dout, IN(0), IN(1), &p->binary); break;
-  case PT_OP_UNARY: pt_unary_backward(D(0), dout, IN(0), out, &p->unary); break;
-  case PT_OP_MAXPOOL: pt_maxpool_backward(D(0), dout, aux, &p->pool); break;
-  case PT_OP_AVGPOOL: pt_avgpool_backward(D(0), dout, &p->pool); break;
+  case PT_OP_GEMM:
+    pt_gemm_backward(D(0), D(1), D(2), dout, IN(0), IN(1), &p->gemm);
+    break;
+  case PT_OP_MATMUL:
+    pt_matmul_backward(D(0), D(1), dout, IN(0), IN(1), &p->matmul);
+    break;
+  case PT_OP_BINARY:
+    pt_binary_backward(D(0), D(1), dout, IN(0), IN(1), &p->binary);
+    break;
+  case PT_OP_UNARY:
+    pt_unary_backward(D(0), dout, IN(0), out, &p->unary);
+    break;
+  case PT_OP_MAXPOOL:
+    pt_maxpool_backward(D(0), dout, aux, &p->pool);
+    break;
+  case PT_OP_AVGPOOL:
+    pt_avgpool_backward(D(0), dout, &p->pool);
+    break;
   case PT_OP_BATCHNORM:
     pt_batchnorm_backward(D(0), D(1), D(2), dout, IN(0), IN(1), IN(3), IN(4), &p->bn);
     break;
-  case PT_OP_SOFTMAX: pt_softmax_backward(D(0), dout, out, &p->softmax); break;
-  case PT_OP_COPY: pt_copy_backward(D(0), dout, &p->copy); break;
+  case PT_OP_SOFTMAX:
+    pt_softmax_backward(D(0), dout, out, &p->softmax);
+    break;
+  case PT_OP_COPY:
+    pt_copy_backward(D(0), dout, &p->copy);
+    break;
   case PT_OP_CONCAT: {
     float *dins[PT_MAX_CONCAT];
     for (int i = 0; i < n->n_in && i < PT_MAX_CONCAT; i++) dins[i] = D(i);
     pt_concat_backward(dins, dout, &p->concat);
     break;
   }
-  case PT_OP_RESIZE: pt_resize_backward(D(0), dout, &p->resize); break;
-  case PT_OP_COUNT: break;
+  case PT_OP_RESIZE:
+    pt_resize_backward(D(0), dout, &p->resize);
+    break;
+  case PT_OP_COUNT:
+    break;
   }
 #undef IN
 #undef D

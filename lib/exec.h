@@ -1,8 +1,8 @@
-/* The executor: runs a contiguous range of a model's nodes (a stage, or the whole graph) forward and
- * backward on the CPU (internal).
+/* The executor: runs a contiguous range of a model's nodes (a stage, or the whole graph) forward
+ * and backward on the CPU (internal).
  *
- * One allocation each for activations, gradients and per-node aux buffers, carved by a size table at
- * init; nothing is allocated while running. Values the range reads but does not produce (graph
+ * One allocation each for activations, gradients and per-node aux buffers, carved by a size table
+ * at init; nothing is allocated while running. Values the range reads but does not produce (graph
  * inputs, or a predecessor stage's boundary tensors) are "external": their buffers are supplied by
  * the caller with pt_exec_bind(), and their gradients, when wanted, are written into buffers the
  * executor owns (pt_exec_grad()). Parameters are updated in place in the model's values.
@@ -18,19 +18,19 @@
 
 typedef struct pt_exec {
   pt_model *m;
-  int first, end;       /* node range [first, end) */
-  bool train;           /* gradients allocated */
-  float **act;          /* per value: activation buffer (own, bound, or the model's data) */
-  float **grad;         /* per value: gradient buffer, NULL where none is needed */
-  bool *needs_grad;     /* per value */
-  void **aux;           /* per node in range (indexed node - first) */
-  void **plan;          /* per node in range: a Conv / ConvTranspose's oneDNN plan
-                         * (cpu/dnnl_conv.h), NULL where the node runs cpu/conv.c */
+  int first, end;   /* node range [first, end) */
+  bool train;       /* gradients allocated */
+  float **act;      /* per value: activation buffer (own, bound, or the model's data) */
+  float **grad;     /* per value: gradient buffer, NULL where none is needed */
+  bool *needs_grad; /* per value */
+  void **aux;       /* per node in range (indexed node - first) */
+  void **plan;      /* per node in range: a Conv / ConvTranspose's oneDNN plan
+                     * (cpu/dnnl_conv.h), NULL where the node runs cpu/conv.c */
   float *scratch;
   int64_t scratch_floats;
   float *act_arena, *grad_arena;
   unsigned char *aux_arena;
-  int *params;          /* parameter values read by nodes in range */
+  int *params; /* parameter values read by nodes in range */
   int n_params;
 } pt_exec;
 
@@ -46,8 +46,8 @@ void pt_exec_free(pt_exec *x);
 /* The gradient plan shared by every backend: marks in needs_grad (n_vals, zeroed by the caller)
  * each value of nodes [first, end) that needs a gradient, and lists the parameters read there in
  * params (n_vals entries of room), in value order. */
-void pt_exec_plan_grads(const pt_model *m, int first, int end, bool grad_external,
-                        bool *needs_grad, int *params, int *n_params);
+void pt_exec_plan_grads(const pt_model *m, int first, int end, bool grad_external, bool *needs_grad,
+                        int *params, int *n_params);
 
 /* Points an external value at caller-owned memory (read by forward and backward). */
 void pt_exec_bind(pt_exec *x, int value, const float *data);

@@ -1,8 +1,9 @@
 /* Per-element arithmetic shared by the CPU loops and the CUDA kernels.
  *
  * Everything here is a static inline function marked PT_HD, which is `__host__ __device__` under
- * nvcc and nothing otherwise, so the CPU tests exercise the exact arithmetic the GPU runs. Keep these
- * free of library calls other than the float math functions both sides provide. */
+ * nvcc and nothing otherwise, so the CPU tests exercise the exact arithmetic the GPU runs. Keep
+ * these free of library calls other than the math functions both sides provide (no memset, no
+ * allocation); loops over a row or a window are fine, each call still serves one output. */
 #ifndef PT_POINTWISE_H
 #define PT_POINTWISE_H
 
@@ -80,8 +81,165 @@ PT_HD static inline void pt_adam_1(float *w, float g, float *m, float *v, float 
   *w -= (lr / bc1) * (*m / denom);
 }
 
+/* Adam's bias corrections for 1-based step t (t < 1 taken as 1): bc1 = 1 - beta1^t and
+ * sqrt_bc2 = sqrt(1 - beta2^t), in double as PyTorch does in Python, then rounded to float. */
+PT_HD static inline void pt_adam_bias(float beta1, float beta2, int64_t t, float *bc1,
+                                      float *sqrt_bc2) {
+  const double step = t < 1 ? 1.0 : (double)t;
+  *bc1 = (float)(1.0 - pow((double)beta1, step));
+  *sqrt_bc2 = (float)sqrt(1.0 - pow((double)beta2, step));
+}
+
 /* Squared error gradient of mean((y - t)^2) over n elements. */
 PT_HD static inline float pt_mse_b(float y, float t, float inv_n) { return 2.0f * (y - t) * inv_n; }
+
+/* mean((y - t)^2) over y, t (n), summed in order in double. */
+PT_HD static inline float pt_mse_f(const float *y, const float *t, int64_t n) {
+  if (n <= 0) return 0.0f;
+  double s = 0.0;
+  for (int64_t i = 0; i < n; i++) {
+    const double d = (double)y[i] - t[i];
+    s += d * d;
+  }
+  return (float)(s / (double)n);
+}
+
+/* Cross-entropy of one frame, y (C) logits or, when is_prob, probabilities, against class
+ * `target`; writes the gradient (=) into dy (C) unless NULL. The rules are loss.c's. */
+#define PT_CE_TINY 1e-12f
+PT_HD static inline float pt_ce(float *dy, const float *y, int64_t target, int C, int is_prob) {
+  if (C <= 0) return 0.0f;
+  if (target < 0 || target >= C) {
+    if (dy)
+      for (int i = 0; i < C; i++) dy[i] = 0.0f;
+    return 0.0f;
+  }
+  if (is_prob) {
+    const float p = fmaxf(y[target], PT_CE_TINY);
+    if (dy) {
+      for (int i = 0; i < C; i++) dy[i] = 0.0f;
+      dy[target] = -1.0f / p;
+    }
+    return -logf(p);
+  }
+  float m = y[0];
+  for (int i = 1; i < C; i++) m = fmaxf(m, y[i]);
+  double sum = 0.0;
+  for (int i = 0; i < C; i++) sum += exp((double)y[i] - m);
+  const double lse = m + log(sum);
+  if (dy) {
+    for (int i = 0; i < C; i++) dy[i] = (float)exp((double)y[i] - lse);
+    dy[target] -= 1.0f;
+  }
+  return (float)(lse - y[target]);
+}
+
+/* Batch norm, inference form, per channel: y = x * k + shift. */
+PT_HD static inline float pt_bn_inv_std(float var, float eps) { return 1.0f / sqrtf(var + eps); }
+PT_HD static inline void pt_bn_fold(float scale, float bias, float mean, float var, float eps,
+                                    float *k, float *shift) {
+  *k = scale / sqrtf(var + eps);
+  *shift = bias - mean * *k;
+}
+
+/* Softmax (is_log 0) or LogSoftmax (is_log 1) of one row of `dim` elements `st` apart; y may be x.
+ * The maximum is subtracted before exponentiating so large logits cannot overflow; sums are in
+ * double since a row can be long. */
+PT_HD static inline void pt_softmax_row(float *y, const float *x, int64_t dim, int64_t st,
+                                        int is_log) {
+  float m = x[0];
+  for (int64_t k = 1; k < dim; k++) m = fmaxf(m, x[k * st]);
+  double sum = 0.0;
+  if (is_log) {
+    for (int64_t k = 0; k < dim; k++) sum += expf(x[k * st] - m);
+    /* (x - m) is exact near the maximum; folding m into the log-sum first would round it */
+    const float ls = logf((float)sum);
+    for (int64_t k = 0; k < dim; k++) y[k * st] = (x[k * st] - m) - ls;
+  } else {
+    for (int64_t k = 0; k < dim; k++) {
+      const float e = expf(x[k * st] - m);
+      y[k * st] = e;
+      sum += e;
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t k = 0; k < dim; k++) y[k * st] *= inv;
+  }
+}
+
+/* Its backward from the saved output y, ADDED into dx. Softmax: dx = y * (dy - sum(dy * y));
+ * LogSoftmax: dx = dy - exp(y) * sum(dy). */
+PT_HD static inline void pt_softmax_row_b(float *dx, const float *dy, const float *y, int64_t dim,
+                                          int64_t st, int is_log) {
+  double s = 0.0;
+  if (is_log) {
+    for (int64_t k = 0; k < dim; k++) s += dy[k * st];
+    const float sf = (float)s;
+    for (int64_t k = 0; k < dim; k++) dx[k * st] += dy[k * st] - expf(y[k * st]) * sf;
+  } else {
+    for (int64_t k = 0; k < dim; k++) s += dy[k * st] * y[k * st];
+    const float sf = (float)s;
+    for (int64_t k = 0; k < dim; k++) dx[k * st] += y[k * st] * (dy[k * st] - sf);
+  }
+}
+
+/* Pooling windows along one axis: output o's taps start at off = o * stride - pad0 and tap k lands
+ * at off + k * d. pt_pool_taps gives the taps [lo, hi) among n that fall inside [0, size). */
+PT_HD static inline void pt_pool_taps(int off, int d, int size, int n, int *lo, int *hi) {
+  int l = off < 0 ? (-off + d - 1) / d : 0;
+  int h = size - off > 0 ? (size - off + d - 1) / d : 0;
+  if (h > n) h = n;
+  if (l > h) l = h;
+  *lo = l;
+  *hi = h;
+}
+
+/* The taps of one axis an average pool divides by: those on real input [lo, hi), or with
+ * include_pad those inside the padded extent [-pad0, size + pad1). */
+PT_HD static inline int pt_pool_count(int include_pad, int off, int d, int size, int pad0, int pad1,
+                                      int n, int lo, int hi) {
+  if (!include_pad) return hi - lo;
+  int l, h;
+  pt_pool_taps(off + pad0, d, size + pad0 + pad1, n, &l, &h);
+  return h - l;
+}
+
+/* Max pooling of one window of plane x (rows W long), real taps [kh0, kh1) x [kw0, kw1): the
+ * maximum into *best and its index ih * W + iw returned. The first of equal maxima wins and a NaN
+ * wins over numbers; an empty window gives 0 and -1. */
+PT_HD static inline int32_t pt_maxpool_window(const float *x, int W, int offh, int offw, int DH,
+                                              int DW, int kh0, int kh1, int kw0, int kw1,
+                                              float *best) {
+  if (kh0 >= kh1 || kw0 >= kw1) {
+    *best = 0.0f;
+    return -1;
+  }
+  int32_t bi = (offh + kh0 * DH) * W + offw + kw0 * DW;
+  float b = x[bi];
+  for (int kh = kh0; kh < kh1; kh++) {
+    const int32_t row = (offh + kh * DH) * W + offw;
+    for (int kw = kw0; kw < kw1; kw++) {
+      const int32_t i = row + kw * DW;
+      const float v = x[i];
+      if (v > b || (v != v && b == b)) {
+        b = v;
+        bi = i;
+      }
+    }
+  }
+  *best = b;
+  return bi;
+}
+
+/* The sum of one average-pool window, same arguments, in row order. */
+PT_HD static inline float pt_avgpool_window(const float *x, int W, int offh, int offw, int DH,
+                                            int DW, int kh0, int kh1, int kw0, int kw1) {
+  float s = 0.0f;
+  for (int kh = kh0; kh < kh1; kh++) {
+    const float *row = x + (int64_t)(offh + kh * DH) * W;
+    for (int kw = kw0; kw < kw1; kw++) s += row[offw + kw * DW];
+  }
+  return s;
+}
 
 /* Nearest resize: the source index along one axis for output index o (ONNX Resize semantics).
  * coord: pt_resize_coord, nearest: pt_resize_nearest (ops.h). */

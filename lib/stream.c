@@ -36,16 +36,13 @@
 #include "partition.h"
 #include "stream_internal.h"
 
-
-static double now_s(void) {
+double pt_now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void logf_(pt_stream *s, pt_log_level lvl, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void logf_(pt_stream *s, pt_log_level lvl, const char *fmt, ...) {
+void pt_stream_log(pt_stream *s, pt_log_level lvl, const char *fmt, ...) {
   if (!s->o.log) return;
   char msg[PT_ERROR_MAX];
   va_list ap;
@@ -65,7 +62,8 @@ static pt_status fail(pt_stream *s, pt_status code, const char *fmt, ...) {
   return code;
 }
 
-/* ---- options ---------------------------------------------------------------------------------- */
+/* ---- options ----------------------------------------------------------------------------------
+ */
 
 void pt_stream_opts_init(pt_stream_opts *o) {
   memset(o, 0, sizeof *o);
@@ -98,9 +96,12 @@ const char *pt_loss_name(pt_loss l) {
 }
 
 pt_status pt_optimizer_from_string(const char *str, pt_optimizer *out) {
-  if (str && strcmp(str, "sgd") == 0) *out = PT_OPT_SGD;
-  else if (str && strcmp(str, "adam") == 0) *out = PT_OPT_ADAM;
-  else return PT_ERR_INVALID;
+  if (str && strcmp(str, "sgd") == 0)
+    *out = PT_OPT_SGD;
+  else if (str && strcmp(str, "adam") == 0)
+    *out = PT_OPT_ADAM;
+  else
+    return PT_ERR_INVALID;
   return PT_OK;
 }
 
@@ -108,7 +109,8 @@ const char *pt_optimizer_name(pt_optimizer o) {
   return o == PT_OPT_ADAM ? "adam" : "sgd";
 }
 
-/* ---- devices ---------------------------------------------------------------------------------- */
+/* ---- devices ----------------------------------------------------------------------------------
+ */
 
 typedef struct device {
   char name[32];
@@ -168,7 +170,8 @@ static pt_status parse_devices(const char *list, int want, device *dev, int *n, 
   return PT_OK;
 }
 
-/* ---- construction ----------------------------------------------------------------------------- */
+/* ---- construction -----------------------------------------------------------------------------
+ */
 
 static int stage_of_node(const pt_stream *s, int node) {
   for (int j = 0; j < s->D; j++)
@@ -227,7 +230,7 @@ nomem:
   return pt_error_set(err, PT_ERR_NOMEM, "%s: out of memory allocating stage boundaries", m->name);
 }
 
-static int boundary_index(const boundary *b, int v) {
+int pt_boundary_index(const boundary *b, int v) {
   for (int i = 0; i < b->n; i++)
     if (b->vals[i] == v) return i;
   return -1;
@@ -236,7 +239,7 @@ static int boundary_index(const boundary *b, int v) {
 static pt_status stage_init(pt_stream *s, stage *g, pt_error *err) {
   pt_model *m = s->m;
   pt_status st = pt_exec_init(&g->x, m, g->first, g->end, s->o.train.enabled,
-                                s->o.train.enabled && g->j > 0, err);
+                              s->o.train.enabled && g->j > 0, err);
   if (st) return st;
   g->ext = malloc(m->n_vals * sizeof *g->ext);
   if (!g->ext) goto nomem;
@@ -264,12 +267,14 @@ static void *stage_main(void *arg);
 
 /* Frame memory: pinned for a CUDA stream (copies to and from it overlap with work). */
 static void *host_alloc(const pt_stream *s, size_t bytes) {
-  return s->cuda ? pt_cuda_host_alloc(bytes) : calloc(1, bytes);
+  return s->cuda ? pt_cuda_host_alloc(s->st[0].gpu, bytes) : calloc(1, bytes);
 }
 
 static void host_free(const pt_stream *s, void *p) {
-  if (s->cuda) pt_cuda_host_free(p);
-  else free(p);
+  if (s->cuda)
+    pt_cuda_host_free(p);
+  else
+    free(p);
 }
 
 pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, pt_error *err) {
@@ -342,12 +347,12 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
     goto fail;
   }
   pt_loss loss = o->train.loss;
-  if ((loss == PT_LOSS_RECONSTRUCTION || loss == PT_LOSS_NEXT_FRAME) && s->in_numel != s->out_numel) {
+  if ((loss == PT_LOSS_RECONSTRUCTION || loss == PT_LOSS_NEXT_FRAME) &&
+      s->in_numel != s->out_numel) {
     st = pt_error_set(err, PT_ERR_SHAPE,
                       "%s: loss '%s' compares the output with an input frame, but the output has "
                       "%lld elements and the input %lld",
-                      m->name, pt_loss_name(loss), (long long)s->out_numel,
-                      (long long)s->in_numel);
+                      m->name, pt_loss_name(loss), (long long)s->out_numel, (long long)s->in_numel);
     goto fail;
   }
 
@@ -380,6 +385,18 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
     st = pt_error_set(err, PT_ERR_NOMEM, "out of memory");
     goto fail;
   }
+  for (int j = 0; j < D; j++) {
+    stage *g = &s->st[j];
+    g->s = s;
+    g->j = j;
+    g->first = part.first[j];
+    g->end = part.first[j + 1];
+    g->predicted_s = part.cost[j];
+    int di = (int)((int64_t)j * G / D);
+    snprintf(g->device, sizeof g->device, "%s", dev[di].name);
+    g->core = dev[di].core;
+    g->gpu = dev[di].gpu;
+  }
   for (int i = 0; i < s->n_slots; i++) {
     slot *sl = &s->slots[i];
     sl->input = host_alloc(s, s->in_numel * sizeof(float));
@@ -395,18 +412,6 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
       st = pt_error_set(err, PT_ERR_NOMEM, "out of memory allocating raw frame buffers");
       goto fail;
     }
-  for (int j = 0; j < D; j++) {
-    stage *g = &s->st[j];
-    g->s = s;
-    g->j = j;
-    g->first = part.first[j];
-    g->end = part.first[j + 1];
-    g->predicted_s = part.cost[j];
-    int di = (int)((int64_t)j * G / D);
-    snprintf(g->device, sizeof g->device, "%s", dev[di].name);
-    g->core = dev[di].core;
-    g->gpu = dev[di].gpu;
-  }
   if ((st = build_boundaries(s, err))) goto fail;
   if (s->cuda) {
     if ((st = pt_cuda_stream_init(s, err))) goto fail;
@@ -427,10 +432,11 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
   for (int j = 0; j < D; j++) {
     const stage *g = &s->st[j];
     if (isfinite(g->predicted_s))
-      logf_(s, PT_LOG_INFO, "stage %d: nodes %d-%d on %s (estimated %.3f ms per tick)", j,
-            g->first, g->end - 1, g->device, g->predicted_s * 1e3);
+      pt_stream_log(s, PT_LOG_INFO, "stage %d: nodes %d-%d on %s (estimated %.3f ms per tick)", j,
+                    g->first, g->end - 1, g->device, g->predicted_s * 1e3);
     else
-      logf_(s, PT_LOG_INFO, "stage %d: nodes %d-%d on %s", j, g->first, g->end - 1, g->device);
+      pt_stream_log(s, PT_LOG_INFO, "stage %d: nodes %d-%d on %s", j, g->first, g->end - 1,
+                    g->device);
   }
   *out = s;
   return PT_OK;
@@ -484,7 +490,8 @@ void pt_stream_free(pt_stream *s) {
   free(s);
 }
 
-/* ---- one stage, one tick ---------------------------------------------------------------------- */
+/* ---- one stage, one tick ----------------------------------------------------------------------
+ */
 
 static bool all_finite(const float *x, int64_t n) {
   float acc = 0.0f;
@@ -548,8 +555,11 @@ static bool frame_loss(pt_stream *s, slot *sl, const float *out, float *dloss, f
     if (!sl->has_target) return false;
     *loss = pt_mse(dloss, out, sl->target, s->out_numel);
     return true;
-  case PT_LOSS_RECONSTRUCTION: *loss = pt_mse(dloss, out, sl->input, s->out_numel); return true;
-  case PT_LOSS_NONE: return false;
+  case PT_LOSS_RECONSTRUCTION:
+    *loss = pt_mse(dloss, out, sl->input, s->out_numel);
+    return true;
+  case PT_LOSS_NONE:
+    return false;
   }
   return false;
 }
@@ -567,7 +577,7 @@ static void run_tick(stage *g, int64_t k, const tick_desc *td) {
     return; /* a bubble */
   }
   slot *sl = &s->slots[td->slot];
-  double t0 = now_s();
+  double t0 = pt_now_s();
   g->ticks_real++;
   if (j == 0 && sl->raw >= 0) {
     s->o.preprocess(s->o.preprocess_user, s->raw[sl->raw], sl->raw_n, sl->input);
@@ -584,7 +594,7 @@ static void run_tick(stage *g, int64_t k, const tick_desc *td) {
     if (!in) {
       pt_exec_bind(&g->x, v, sl->input);
     } else {
-      int bi = boundary_index(in, v);
+      int bi = pt_boundary_index(in, v);
       pt_exec_bind(&g->x, v, in->buf[prev] + in->off[bi]);
     }
   }
@@ -594,7 +604,7 @@ static void run_tick(stage *g, int64_t k, const tick_desc *td) {
     if (val->producer >= g->first && val->producer < g->end) {
       pt_exec_bind(&g->x, v, out->buf[cur] + out->off[i]);
     } else { /* passes through this stage */
-      const float *src = in ? in->buf[prev] + in->off[boundary_index(in, v)] : sl->input;
+      const float *src = in ? in->buf[prev] + in->off[pt_boundary_index(in, v)] : sl->input;
       memcpy(out->buf[cur] + out->off[i], src, val->numel * sizeof(float));
     }
   }
@@ -644,9 +654,11 @@ static void run_tick(stage *g, int64_t k, const tick_desc *td) {
         int64_t nel = m->vals[v].numel;
         float *dst = gout + in->off[i];
         const float *gv = pt_exec_grad(&g->x, v);
-        if (gv) memcpy(dst, gv, nel * sizeof(float));
-        else memset(dst, 0, nel * sizeof(float));
-        int oi = boundary_index(out, v);
+        if (gv)
+          memcpy(dst, gv, nel * sizeof(float));
+        else
+          memset(dst, 0, nel * sizeof(float));
+        int oi = pt_boundary_index(out, v);
         if (oi >= 0)
           for (int64_t e = 0; e < nel; e++) dst[e] += delta[out->off[oi] + e];
       }
@@ -679,11 +691,11 @@ static void run_tick(stage *g, int64_t k, const tick_desc *td) {
     pthread_mutex_lock(&s->mu);
     s->restores++;
     pthread_mutex_unlock(&s->mu);
-    logf_(s, PT_LOG_WARNING,
-          "stage %d: %d non-finite updates in a row; restored its last good weights", j,
-          s->o.train.guard_limit);
+    pt_stream_log(s, PT_LOG_WARNING,
+                  "stage %d: %d non-finite updates in a row; restored its last good weights", j,
+                  s->o.train.guard_limit);
   }
-  g->busy_s += now_s() - t0;
+  g->busy_s += pt_now_s() - t0;
 }
 
 /* Runs (CPU) or enqueues (CUDA) stage g's part of tick k. */
@@ -692,8 +704,10 @@ static void tick(stage *g, int64_t k) {
   /* before tick j, stage j has nothing yet: the fill */
   static const tick_desc fill = {.slot = -1};
   const tick_desc *td = k >= g->j ? &s->ticks[(k - g->j) % s->n_ticks_ring] : &fill;
-  if (s->cuda) pt_cuda_run_tick(g, k, td);
-  else run_tick(g, k, td);
+  if (s->cuda)
+    pt_cuda_run_tick(g, k, td);
+  else
+    run_tick(g, k, td);
 }
 
 /* A stage may run tick k once stages j-1 and j+1 have finished tick k-1. Caller holds mu. */
@@ -721,7 +735,7 @@ static void pin(stage *g) {
   CPU_ZERO(&set);
   CPU_SET(g->core, &set);
   if (pthread_setaffinity_np(pthread_self(), sizeof set, &set) != 0)
-    logf_(g->s, PT_LOG_DEBUG, "stage %d: could not pin to core %d", g->j, g->core);
+    pt_stream_log(g->s, PT_LOG_DEBUG, "stage %d: could not pin to core %d", g->j, g->core);
 #endif
 }
 
@@ -744,7 +758,8 @@ static void *stage_main(void *arg) {
   return NULL;
 }
 
-/* ---- the caller's side ------------------------------------------------------------------------ */
+/* ---- the caller's side ------------------------------------------------------------------------
+ */
 
 /* Issues one tick with `slot_index` (or -1) entering stage 0; runs it in place when unthreaded. */
 static void issue_tick(pt_stream *s, int slot_index) {
@@ -822,7 +837,7 @@ static pt_status push(pt_stream *s, const float *frame, const void *raw, size_t 
   if (i < 0) return st;
   if (!s->started) {
     s->started = true;
-    s->t_start = now_s();
+    s->t_start = pt_now_s();
   }
   slot *sl = &s->slots[i];
   sl->frame = s->next_frame++;
@@ -881,8 +896,8 @@ pt_status pt_stream_push_raw(pt_stream *s, const void *raw, size_t n, const pt_t
   if (!s->o.preprocess || !raw)
     return fail(s, PT_ERR_STATE, "push_raw: the stream was created without a preprocess function");
   if (n > s->o.raw_bytes)
-    return fail(s, PT_ERR_INVALID, "push_raw: a %zu-byte frame exceeds the %zu bytes configured",
-                n, s->o.raw_bytes);
+    return fail(s, PT_ERR_INVALID, "push_raw: a %zu-byte frame exceeds the %zu bytes configured", n,
+                s->o.raw_bytes);
   return push(s, NULL, raw, n, target, user);
 }
 
@@ -1027,7 +1042,7 @@ void pt_stream_get_stats(const pt_stream *s, pt_stream_stats *st) {
     o->updates = g->updates;
   }
   st->ticks = s->issued;
-  st->elapsed_s = s->started ? now_s() - s->t_start : 0;
+  st->elapsed_s = s->started ? pt_now_s() - s->t_start : 0;
   st->ticks_per_s = st->elapsed_s > 0 ? s->issued / st->elapsed_s : 0;
   st->skipped_updates = s->skipped;
   st->restores = s->restores;

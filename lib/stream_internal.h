@@ -9,7 +9,7 @@
 #include "exec.h"
 
 #define PT_BACKUP_EVERY 64
-#define PT_RAW_RING 4       /* raw frames waiting for stage 0 to convert them */
+#define PT_RAW_RING 4      /* raw frames waiting for stage 0 to convert them */
 #define PT_RESULT_QUEUE 16 /* finished results that may wait for pop beyond those in flight */
 
 typedef enum slot_state { SLOT_FREE, SLOT_IN_FLIGHT, SLOT_DONE, SLOT_POPPED } slot_state;
@@ -19,8 +19,8 @@ typedef struct slot {
   int64_t frame;
   int64_t entry_tick; /* the tick at which it entered stage 0, -1 while it waits to enter */
   void *user;
-  float *input;  /* the frame (numel of the input) */
-  int raw;       /* index in the raw ring of a frame waiting for opts.preprocess, or -1 */
+  float *input; /* the frame (numel of the input) */
+  int raw;      /* index in the raw ring of a frame waiting for opts.preprocess, or -1 */
   size_t raw_n;
   float *target; /* mse / next-frame target (numel of the output) */
   int64_t cls;
@@ -61,7 +61,7 @@ typedef struct stage {
   pt_exec x;
   struct pt_cuda_stage *cu; /* a CUDA stage's state (cuda/engine.c), NULL on the CPU */
   char device[32];
-  int gpu; /* CUDA device index, -1 on the CPU */
+  int gpu;  /* CUDA device index, -1 on the CPU */
   int core; /* CPU core to pin to, -1 for none */
   pthread_t thread;
   bool thread_started;
@@ -92,6 +92,7 @@ struct pt_stream {
   bool stop;
   bool threaded;
   bool cuda; /* every stage runs on a GPU (mixing CPU and GPU stages is refused) */
+  struct pt_cuda_links *links; /* how a CUDA stream's boundaries cross devices (cuda/engine.c) */
   bool train_on;
   hyper h;
   unsigned char *raw[PT_RAW_RING];
@@ -100,8 +101,8 @@ struct pt_stream {
 
   tick_desc *ticks;
   int n_ticks_ring;
-  int64_t issued;           /* ticks issued */
-  int64_t last_frame_tick;  /* tick at which the newest frame entered, -1 if none */
+  int64_t issued;          /* ticks issued */
+  int64_t last_frame_tick; /* tick at which the newest frame entered, -1 if none */
 
   slot *slots;
   int n_slots;
@@ -115,6 +116,12 @@ struct pt_stream {
   char last_error[PT_ERROR_MAX];
 };
 
+/* Shared by the scheduler and the stage backends. */
+double pt_now_s(void); /* monotonic seconds */
+void pt_stream_log(pt_stream *s, pt_log_level lvl, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* The index of value v in boundary b, -1 if it does not cross there. */
+int pt_boundary_index(const boundary *b, int v);
 
 /* The CUDA stage backend (cuda/engine.c; stubs in builds without CUDA). Host memory shared with a
  * device (frames, outputs, targets) comes from pt_cuda_host_alloc: pinned, so copies overlap. */
@@ -125,13 +132,14 @@ void pt_cuda_run_tick(stage *g, int64_t k, const tick_desc *td);
 pt_status pt_cuda_stream_sync(pt_stream *s, bool weights, pt_error *err);
 /* Clears the gradient flags (flush). */
 void pt_cuda_stream_reset(pt_stream *s);
-void *pt_cuda_host_alloc(size_t bytes);
+void *pt_cuda_host_alloc(int device, size_t bytes);
 void pt_cuda_host_free(void *p);
 /* The device index of "cuda:N", checked against the machine; an error naming it otherwise. */
 pt_status pt_cuda_parse_device(const char *name, int *index, pt_error *err);
 
 /* The gradient buffer of parameter value `value` in the stage that owns it (NULL if none, or if
- * that stage runs on a GPU). Its contents are those of the last tick at which that stage trained. */
+ * that stage runs on a GPU). Its contents are those of the last tick at which that stage trained.
+ */
 const float *pt_stream_param_grad(const pt_stream *s, int value);
 
 #endif

@@ -22,9 +22,8 @@ void pt_sgd_step(float *w, const float *g, float *m, int64_t n, float lr, float 
 /* w, g, m, v: (n); t counts steps from 1 (t < 1 is taken as 1). */
 void pt_adam_step(float *w, const float *g, float *m, float *v, int64_t n, float lr, float beta1,
                   float beta2, float eps, float wd, int64_t t) {
-  const double step = t < 1 ? 1.0 : (double)t;
-  const float bc1 = (float)(1.0 - pow((double)beta1, step));
-  const float sqrt_bc2 = (float)sqrt(1.0 - pow((double)beta2, step));
+  float bc1, sqrt_bc2;
+  pt_adam_bias(beta1, beta2, t, &bc1, &sqrt_bc2);
   for (int64_t i = 0; i < n; i++)
     pt_adam_1(&w[i], g[i], &m[i], &v[i], lr, beta1, beta2, eps, wd, bc1, sqrt_bc2);
 }

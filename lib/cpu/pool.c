@@ -13,18 +13,10 @@
  * when count_include_pad, else by the number of taps on real input; a window with no such tap
  * gives 0 (never 0/0). Dilation applies to both pools.
  *
- * Backward adds into din (accumulate rule of ops.h). */
+ * The window arithmetic (taps, maximum, sum, divisor) is in ../pointwise.h, shared with the CUDA
+ * kernels. Backward adds into din (accumulate rule of ops.h). */
 #include "ops.h"
-
-/* Kernel taps [lo, hi) among n, tap k landing at off + k * d, that fall inside [0, size). */
-static void pt_pool_taps(int off, int d, int size, int n, int *lo, int *hi) {
-  int l = off < 0 ? (-off + d - 1) / d : 0;
-  int h = size - off > 0 ? (size - off + d - 1) / d : 0;
-  if (h > n) h = n;
-  if (l > h) l = h;
-  *lo = l;
-  *hi = h;
-}
+#include "../pointwise.h"
 
 /* out (N, C, OH, OW), argmax (N, C, OH, OW), in (N, C, H, W). */
 void pt_maxpool_forward(float *out, int32_t *argmax, const float *in, const pt_pool_params *p) {
@@ -39,23 +31,9 @@ void pt_maxpool_forward(float *out, int32_t *argmax, const float *in, const pt_p
       for (int ow = 0; ow < p->OW; ow++) {
         int offw = ow * p->SW - p->PL, kw0, kw1;
         pt_pool_taps(offw, p->DW, p->W, p->KW, &kw0, &kw1);
-        int32_t bi = -1;
-        float best = 0.0f;
-        if (kh0 < kh1 && kw0 < kw1) {
-          bi = (offh + kh0 * p->DH) * p->W + offw + kw0 * p->DW;
-          best = x[bi];
-          for (int kh = kh0; kh < kh1; kh++) {
-            const int32_t row = (offh + kh * p->DH) * p->W + offw;
-            for (int kw = kw0; kw < kw1; kw++) {
-              const int32_t i = row + kw * p->DW;
-              const float v = x[i];
-              if (v > best || (v != v && best == best)) {
-                best = v;
-                bi = i;
-              }
-            }
-          }
-        }
+        float best;
+        const int32_t bi =
+            pt_maxpool_window(x, p->W, offh, offw, p->DH, p->DW, kh0, kh1, kw0, kw1, &best);
         y[(int64_t)oh * p->OW + ow] = best;
         am[(int64_t)oh * p->OW + ow] = bi;
       }
@@ -80,11 +58,9 @@ void pt_maxpool_backward(float *din, const float *dout, const int32_t *argmax,
  * [kh0, kh1) x [kw0, kw1) already known. */
 static int pt_avg_count(const pt_pool_params *p, int offh, int offw, int kh0, int kh1, int kw0,
                         int kw1) {
-  if (!p->count_include_pad) return (kh1 - kh0) * (kw1 - kw0);
-  int ph0, ph1, pw0, pw1;
-  pt_pool_taps(offh + p->PT, p->DH, p->H + p->PT + p->PB, p->KH, &ph0, &ph1);
-  pt_pool_taps(offw + p->PL, p->DW, p->W + p->PL + p->PR, p->KW, &pw0, &pw1);
-  return (ph1 - ph0) * (pw1 - pw0);
+  const int ci = p->count_include_pad;
+  return pt_pool_count(ci, offh, p->DH, p->H, p->PT, p->PB, p->KH, kh0, kh1) *
+         pt_pool_count(ci, offw, p->DW, p->W, p->PL, p->PR, p->KW, kw0, kw1);
 }
 
 /* out (N, C, OH, OW), in (N, C, H, W). */
@@ -99,11 +75,7 @@ void pt_avgpool_forward(float *out, const float *in, const pt_pool_params *p) {
       for (int ow = 0; ow < p->OW; ow++) {
         int offw = ow * p->SW - p->PL, kw0, kw1;
         pt_pool_taps(offw, p->DW, p->W, p->KW, &kw0, &kw1);
-        float s = 0.0f;
-        for (int kh = kh0; kh < kh1; kh++) {
-          const float *row = x + (int64_t)(offh + kh * p->DH) * p->W;
-          for (int kw = kw0; kw < kw1; kw++) s += row[offw + kw * p->DW];
-        }
+        const float s = pt_avgpool_window(x, p->W, offh, offw, p->DH, p->DW, kh0, kh1, kw0, kw1);
         int count = pt_avg_count(p, offh, offw, kh0, kh1, kw0, kw1);
         y[(int64_t)oh * p->OW + ow] = count > 0 ? s / (float)count : 0.0f;
       }

@@ -33,7 +33,8 @@ void pt_cuda_stream_reset(pt_stream *s) {
   (void)s;
 }
 
-void *pt_cuda_host_alloc(size_t bytes) {
+void *pt_cuda_host_alloc(int device, size_t bytes) {
+  (void)device;
   return calloc(1, bytes);
 }
 

@@ -1,0 +1,2 @@
+/* nvcc compiles the engine kernels from the same C source the simulated build uses. */
+#include "engine_kernels.c"
