@@ -296,14 +296,15 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
     return pt_error_set(err, PT_ERR_INVALID, "%d stages: between 1 and %d are supported", D,
                         PT_MAX_STAGES);
   if (D == 0 && (!o->devices || !*o->devices)) D = 1;
-  if ((st = parse_devices(o->devices, D, dev, &G, err))) return st;
-  int gpus = 0;
-  for (int i = 0; i < G; i++) gpus += dev[i].gpu >= 0;
-  if (gpus && gpus != G)
+  /* by name first, so that a mixed list is refused for what it is even where no GPU answers */
+  if (o->devices && strstr(o->devices, "cpu") && strstr(o->devices, "cuda"))
     return pt_error_set(err, PT_ERR_DEVICE,
                         "devices '%s': a stream runs either on CPU cores or on GPUs; mixing them "
                         "is not supported",
                         o->devices);
+  if ((st = parse_devices(o->devices, D, dev, &G, err))) return st;
+  int gpus = 0;
+  for (int i = 0; i < G; i++) gpus += dev[i].gpu >= 0;
   if (D == 0) D = G;
   if (D > m->n_nodes)
     return pt_error_set(err, PT_ERR_INVALID, "%d stages asked for but %s has only %d nodes", D,

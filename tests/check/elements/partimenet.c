@@ -742,6 +742,10 @@ GST_START_TEST (test_errors)
       NULL);
   expect_start_error (GST_RESOURCE_ERROR, "cpu:9999", "devices", "cpu:9999",
       NULL);
+  /* whatever the build (no CUDA, no GPU, too few GPUs), the message names the device */
+  expect_start_error (GST_RESOURCE_ERROR, "cuda:9", "devices", "cuda:9", NULL);
+  expect_start_error (GST_RESOURCE_ERROR, "mixing", "devices", "cpu,cuda:0",
+      NULL);
   expect_start_error (GST_STREAM_ERROR, "2 input channels", "model",
       data_path ("twochannels.onnx"), NULL);
   expect_start_error (GST_RESOURCE_ERROR, "/no/such/dir", "checkpoint",
