@@ -1,18 +1,22 @@
 #!/usr/bin/python3
 """Side-by-side benchmark: the same ONNX networks run one frame at a time (batch 1) by PyTorch eager,
-onnxruntime (when importable) and the partime tool, for inference and online training.
+onnxruntime, the partime tool and the partimenet GStreamer element, for inference and online
+training.
 
 Every peer configuration runs in several separate processes and the best is kept, because PyTorch's
-batch-1 speed on small networks varies several-fold from one process to the next; partime's runs
-are summarised by their median with min and max.
+batch-1 speed on small networks varies several-fold from one process to the next; partime's and the
+element's runs are summarised by their median with min and max. The table gives frames/s, latency,
+GFLOP/s and the share of this machine's one-core sgemm rate (measured at the start) that each
+configuration reaches on the cores it uses; a goals block closes the report.
 
 usage: compare.py [--build DIR] [--models small,large,residual] [--frames N] [--runs R] [--quick]
-                  [--csv PATH]
-       compare.py --worker ...   (internal: one timed PyTorch or onnxruntime configuration)
+                  [--csv PATH] [--plot PATH]
+       compare.py --worker ...   (internal: one timed configuration in a process of its own)
 """
 import argparse
 import csv
 import json
+import math
 import os
 import re
 import statistics
@@ -28,6 +32,11 @@ WARMUP = 10
 # The training step costs about three forwards (forward, input gradient, weight gradient).
 FLOP_FACTOR = {"inference": 1, "training": 3}
 TRAIN_LR = 1e-4
+SGEMM_N = 1024
+# onnxruntime is not packaged by Debian: when it cannot be imported it is installed from PyPI into
+# a virtual environment that sees the system packages, kept across runs.
+ORT_VENV = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                        "partimenet-bench-venv")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,30 +124,208 @@ def worker_ort(onnx_path, threads, frames):
     return time_loop(step, frames)
 
 
+def worker_sgemm():
+    """GFLOP/s of one SGEMM_N^3 single-precision product on one core: the best of five."""
+    import ctypes
+    import ctypes.util
+    import numpy as np
+    n = SGEMM_N
+    a, b = (np.random.default_rng(1).standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    c = np.empty((n, n), np.float32)
+    name = ctypes.util.find_library("openblas")
+    if name:
+        # The library partime's convolutions call, with the thread count they use.
+        blas = ctypes.CDLL(name)
+        blas.openblas_set_num_threads(1)
+        fp = ctypes.POINTER(ctypes.c_float)
+        blas.cblas_sgemm.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, fp, ctypes.c_int, fp,
+                                                          ctypes.c_int, ctypes.c_float, fp,
+                                                          ctypes.c_int]
+        pa, pb, pc = (x.ctypes.data_as(fp) for x in (a, b, c))
+
+        def gemm():  # row major, no transposes
+            blas.cblas_sgemm(101, 111, 111, n, n, n, 1.0, pa, n, pb, n, 0.0, pc, n)
+        source = "OpenBLAS cblas_sgemm"
+    else:
+        def gemm():
+            np.matmul(a, b, out=c)
+        source = "numpy matmul"
+    gemm()
+    best = math.inf
+    for _ in range(5):
+        t0 = time.perf_counter()
+        gemm()
+        best = min(best, time.perf_counter() - t0)
+    return {"gflops": 2.0 * n ** 3 / best / 1e9, "source": source}
+
+
+def worker_element(build, onnx_path, mode, stages, frames, width, height, out_len):
+    """Runs the partimenet element in a pipeline and times it from its own src pad.
+
+    The clock starts when the last warm-up frame leaves the element and stops when EOS leaves it
+    (after the drain), so start-up, model loading and the cut's measurement stay out. Python runs
+    on the streaming thread only during the warm-up: the probe removes itself. Training feeds
+    frames from appsrc because the mse target travels on each buffer as a GstPartimenetTargetMeta,
+    which a launch line cannot attach."""
+    import gi
+    gi.require_version("Gst", "1.0")
+    from gi.repository import Gst
+    Gst.init(None)
+    if Gst.ElementFactory.find("partimenet") is None:
+        raise RuntimeError(f"no partimenet element in {os.path.join(build, 'gst')}")
+    total = WARMUP + frames
+    caps = f"video/x-raw,format=RGB,width={width},height={height},framerate=30/1"
+    net = (f"partimenet name=net model={onnx_path} stages={stages}")
+    if mode == "inference":
+        desc = (f"videotestsrc num-buffers={total} ! {caps} ! "
+                f"{net} train=false loss=none ! fakesink sync=false")
+    else:
+        # An unbounded queue: every frame (a reference to one of eight buffers) is queued while
+        # the sink prerolls, before the pipeline plays, so no Python runs while the clock does.
+        desc = (f"appsrc name=src format=time max-bytes=0 caps={caps} ! "
+                f"{net} train=true loss=mse optimizer=adam "
+                f"learning-rate={TRAIN_LR} ! fakesink sync=false")
+    pipe = Gst.parse_launch(desc)
+    el = pipe.get_by_name("net")
+    clock = {"buffers": 0, "t0": None, "t1": None}
+
+    def on_buffer(_pad, _info):
+        clock["buffers"] += 1
+        if clock["buffers"] == WARMUP:
+            clock["t0"] = time.perf_counter()
+            return Gst.PadProbeReturn.REMOVE
+        return Gst.PadProbeReturn.OK
+
+    def on_event(_pad, info):
+        if info.get_event().type == Gst.EventType.EOS:
+            clock["t1"] = time.perf_counter()
+            return Gst.PadProbeReturn.REMOVE
+        return Gst.PadProbeReturn.OK
+
+    srcpad = el.get_static_pad("src")
+    srcpad.add_probe(Gst.PadProbeType.BUFFER, on_buffer)
+    srcpad.add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, on_event)
+    if pipe.set_state(Gst.State.PAUSED) == Gst.StateChangeReturn.FAILURE:
+        raise RuntimeError(f"cannot start {desc}")
+    if mode == "training":
+        import ctypes
+        import numpy as np
+        # The library the plugin links: loaded now, it is the copy the element already uses.
+        meta = ctypes.CDLL("libgstpartimenetmeta-1.0.so.0")
+        add = meta.gst_buffer_add_partimenet_target_meta
+        add.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_size_t]
+        add.restype = ctypes.c_void_p
+        # A zero target, as `partime bench` uses; eight frames, cycled like the tool's.
+        zeros = np.zeros(out_len, np.float32)
+        rng = np.random.default_rng(1)
+        bufs = []
+        for _ in range(8):
+            buf = Gst.Buffer.new_wrapped(
+                rng.integers(0, 256, 3 * width * height, dtype=np.uint8).tobytes())
+            # hash() of a PyGObject boxed wrapper is the address of the GstBuffer.
+            if not add(hash(buf), -1, zeros.ctypes.data, out_len):
+                raise RuntimeError("cannot attach the training target")
+            bufs.append(buf)
+        src = pipe.get_by_name("src")
+        for i in range(total):
+            if src.emit("push-buffer", bufs[i % len(bufs)]) != Gst.FlowReturn.OK:
+                raise RuntimeError(f"appsrc refused frame {i}")
+        src.emit("end-of-stream")
+    if pipe.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+        raise RuntimeError(f"cannot play {desc}")
+    msg = pipe.get_bus().timed_pop_filtered(600 * Gst.SECOND,
+                                            Gst.MessageType.EOS | Gst.MessageType.ERROR)
+    trained = el.get_property("frames-trained")
+    pipe.set_state(Gst.State.NULL)
+    if msg is None:
+        raise RuntimeError(f"no EOS after 600 s: {desc}")
+    if msg.type == Gst.MessageType.ERROR:
+        err, dbg = msg.parse_error()
+        raise RuntimeError(f"{err.message} ({dbg})")
+    if clock["t0"] is None or clock["t1"] is None:
+        raise RuntimeError(f"{clock['buffers']} buffers left the element, EOS "
+                           f"{'seen' if clock['t1'] else 'not seen'}")
+    if mode == "training" and trained != total:
+        raise RuntimeError(f"the element learned from {trained} of {total} frames")
+    return frames / (clock["t1"] - clock["t0"])
+
+
 def worker_main(argv):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--worker", choices=["torch", "ort"], required=True)
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--onnx", required=True)
+    ap.add_argument("--worker", choices=["torch", "ort", "sgemm", "element"], required=True)
+    ap.add_argument("--name")
+    ap.add_argument("--onnx")
     ap.add_argument("--mode", default="inference")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--build")
+    ap.add_argument("--size", help="element: WIDTHxHEIGHT of the frames")
+    ap.add_argument("--out-len", type=int, help="element: floats in the model's output")
     a = ap.parse_args(argv)
     if a.worker == "torch":
-        fps = worker_torch(a.name, a.onnx, a.mode, a.threads, a.frames)
+        res = {"fps": worker_torch(a.name, a.onnx, a.mode, a.threads, a.frames)}
+    elif a.worker == "ort":
+        res = {"fps": worker_ort(a.onnx, a.threads, a.frames)}
+    elif a.worker == "sgemm":
+        res = worker_sgemm()
     else:
-        fps = worker_ort(a.onnx, a.threads, a.frames)
-    print(json.dumps({"fps": fps}))
+        w, h = (int(v) for v in a.size.split("x"))
+        res = {"fps": worker_element(a.build, a.onnx, a.mode, a.threads, a.frames, w, h,
+                                     a.out_len)}
+    print(json.dumps(res))
 
 
-def run_worker(kind, name, onnx_path, mode, threads, frames):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--name", name,
-           "--onnx", onnx_path, "--mode", mode, "--threads", str(threads), "--frames", str(frames)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+def run_worker(kind, threads=1, python=None, env=None, **args):
+    cmd = [python or sys.executable, os.path.abspath(__file__), "--worker", kind,
+           "--threads", str(threads)]
+    for k, v in args.items():
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               **(env or {}))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
-        raise RuntimeError(f"worker {' '.join(cmd)} failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["fps"]
+        raise RuntimeError(f"worker {' '.join(cmd)} failed: {last_line(out)}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# onnxruntime: this interpreter's, or one installed from PyPI into ORT_VENV.
+
+def last_line(out):
+    lines = (out.stderr or out.stdout or "").strip().splitlines()
+    return lines[-1] if lines else f"exit status {out.returncode}"
+
+
+def ort_version(python):
+    """onnxruntime's version as seen by that interpreter, or None."""
+    if not os.access(python, os.X_OK):
+        return None
+    out = subprocess.run([python, "-c", "import onnxruntime; print(onnxruntime.__version__)"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def find_onnxruntime():
+    """Returns (python that imports onnxruntime, its version) or (None, why not)."""
+    py = os.path.join(ORT_VENV, "bin", "python")
+    for python in (sys.executable, py):
+        version = ort_version(python)
+        if version:
+            return python, version
+    print(f"onnxruntime: not importable; installing it from PyPI into {ORT_VENV}", flush=True)
+    if not os.access(py, os.X_OK):
+        out = subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", ORT_VENV],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            return None, f"{sys.executable} -m venv failed: {last_line(out)}" \
+                " (Debian: apt-get install python3-venv)"
+    out = subprocess.run([py, "-m", "pip", "install", "--disable-pip-version-check",
+                          "--retries", "1", "--timeout", "30", "onnxruntime"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return None, f"pip install onnxruntime failed: {last_line(out)}"
+    version = ort_version(py)
+    return (py, version) if version else (None, "installed, but it does not import")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,9 +339,11 @@ def partime_gflops(tool, onnx_path):
     return float(m.group(1))
 
 
-def partime_bench(tool, onnx_path, frames, train):
+def partime_bench(tool, onnx_path, frames, train, stages="1,2", devices=None):
     """Returns {stages: (fps, latency_ms)} from one `partime bench` run."""
-    cmd = [tool, "bench", onnx_path, "--stages", "1,2", "--frames", str(frames)]
+    cmd = [tool, "bench", onnx_path, "--stages", stages, "--frames", str(frames)]
+    if devices:
+        cmd += ["--devices", devices]
     if train:
         # The same training step as the PyTorch contender: MSE loss, Adam, the same learning rate.
         cmd += ["--train", "--loss", "mse", "--optimizer", "adam", "--lr", str(TRAIN_LR)]
@@ -171,8 +360,57 @@ def partime_bench(tool, onnx_path, frames, train):
     return rows
 
 
+def plugin_path_env(build):
+    """The environment that lets GStreamer find the element in the build tree."""
+    var = "GST_PLUGIN_PATH_1_0" if os.environ.get("GST_PLUGIN_PATH_1_0") else "GST_PLUGIN_PATH"
+    old = os.environ.get(var)
+    return {var: os.path.join(build, "gst") + (os.pathsep + old if old else "")}
+
+
+def element_launch_fps(build, onnx_path, stages, frames, width, height):
+    """Inference frames/s of the element from gst-launch-1.0's wall time, the start-up taken out
+    by a run of the warm-up frames alone. Used where PyGObject is missing; coarser than the
+    probe."""
+    env = dict(os.environ, **plugin_path_env(build))
+
+    def wall(n):
+        cmd = ["gst-launch-1.0", "-q", "videotestsrc", f"num-buffers={n}", "!",
+               f"video/x-raw,format=RGB,width={width},height={height},framerate=30/1", "!",
+               "partimenet", f"model={onnx_path}", f"stages={stages}", "train=false", "loss=none",
+               "!", "fakesink", "sync=false"]
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stdout}{out.stderr}")
+        return time.perf_counter() - t0
+
+    dt = wall(WARMUP + frames) - wall(WARMUP)
+    if dt <= 0:
+        raise RuntimeError("start-up varied more than the timed frames took; use more --frames")
+    return frames / dt
+
+
+def element_backend(build):
+    """How the element can be timed here: 'probe' (PyGObject), 'launch' (gst-launch-1.0 only,
+    inference), or None with the reason."""
+    plugin = os.path.join(build, "gst", "libgstpartimenet.so")
+    if not os.path.exists(plugin):
+        return None, f"no {plugin}: the GStreamer plugin is not built"
+    try:
+        import gi
+        gi.require_version("Gst", "1.0")
+        from gi.repository import Gst  # noqa: F401
+        return "probe", None
+    except (ImportError, ValueError):
+        pass
+    if subprocess.run(["sh", "-c", "command -v gst-launch-1.0"], capture_output=True).returncode:
+        return None, "neither PyGObject (python3-gi, gir1.2-gstreamer-1.0) nor gst-launch-1.0"
+    return "launch", None
+
+
 def check_same_outputs(tool, name, onnx_path, tmp):
-    """Runs one input through PyTorch and through `partime run`; returns the max abs difference."""
+    """Runs one input through PyTorch and through `partime run`; returns the max abs difference,
+    the input shape and the number of output values."""
     import numpy as np
     import torch
     torch.manual_seed(2)
@@ -186,7 +424,129 @@ def check_same_outputs(tool, name, onnx_path, tmp):
     subprocess.run([tool, "run", onnx_path, "--input", xin, "--output", yout],
                    capture_output=True, text=True, check=True)
     got = np.load(yout).reshape(ref.shape)
-    return float(np.max(np.abs(got - ref)))
+    return float(np.max(np.abs(got - ref))), shape, ref.size
+
+
+# ---------------------------------------------------------------------------------------------
+# Report: table, CSV, plot, goals.
+
+def config_label(r):
+    unit = "thread" if r["contender"] in ("pytorch", "onnxruntime") else "stage"
+    n = r["threads_stages"]
+    label = f"{r['contender']} {n} {unit}{'s' if n > 1 else ''}"
+    return label + (f" {r['devices']}" if r["devices"] else "")
+
+
+def print_table(rows):
+    print()
+    print("PyTorch and onnxruntime: best of the separate processes [min-max over them];"
+          " partime and partimenet: median [min-max] of their runs")
+    head = (f"{'model':9} {'mode':9} {'contender':11} {'thr/stg':>11} {'frames/s [min-max]':>26}"
+            f" {'ms/frame':>9} {'latency_ms':>10} {'GFLOP/s':>8} {'%sgemm':>7} {'vs tool':>7}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        spread = f"{r['fps']:.1f} [{r['fps_min']:.1f}-{r['fps_max']:.1f}]"
+        par = str(r["threads_stages"]) + (f" ({r['devices']})" if r["devices"] else "")
+        lat = f"{r['latency_ms']:.3f}" if r["latency_ms"] != "" else "-"
+        pct = f"{r['pct_sgemm']:.1f}" if r["pct_sgemm"] != "" else "-"
+        ratio = f"{r['vs_tool']:.3f}" if r["vs_tool"] != "" else ""
+        print(f"{r['model']:9} {r['mode']:9} {r['contender']:11} {par:>11} {spread:>26}"
+              f" {r['ms_per_frame']:>9.3f} {lat:>10} {r['gflops_per_s']:>8.2f} {pct:>7}"
+              f" {ratio:>7}")
+
+
+def write_plot(rows, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plot: matplotlib not installed, skipped (Debian: apt-get install python3-matplotlib;"
+              " elsewhere: pip install matplotlib)")
+        return
+    modes = [m for m in FLOP_FACTOR if any(r["mode"] == m for r in rows)]
+    # One colour per configuration across both panels, one legend below them.
+    colour = {c: plt.cm.tab10(j % 10)
+              for j, c in enumerate(dict.fromkeys(config_label(r) for r in rows))}
+    fig, axes = plt.subplots(len(modes), 1, figsize=(12, 4 * len(modes) + 1), squeeze=False)
+    for ax, mode in zip(axes[:, 0], modes):
+        sel = [r for r in rows if r["mode"] == mode]
+        models = list(dict.fromkeys(r["model"] for r in sel))
+        configs = list(dict.fromkeys(config_label(r) for r in sel))
+        width = 0.8 / len(configs)
+        for j, cfg in enumerate(configs):
+            xs, ys, lo, hi = [], [], [], []
+            for i, model in enumerate(models):
+                for r in sel:
+                    if r["model"] == model and config_label(r) == cfg:
+                        xs.append(i - 0.4 + (j + 0.5) * width)
+                        ys.append(r["fps"])
+                        lo.append(r["fps"] - r["fps_min"])
+                        hi.append(r["fps_max"] - r["fps"])
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, color=colour[cfg])
+        ax.set_xticks(range(len(models)))
+        ax.set_xticklabels(models)
+        ax.set_yscale("log")
+        ax.set_ylabel("frames/s (log)")
+        ax.set_title(f"{mode}, batch 1, one frame at a time (bars: min-max)")
+        ax.grid(axis="y", which="both", alpha=0.3)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colour.values()]
+    fig.legend(handles, list(colour), loc="lower center", ncol=5, fontsize="small")
+    fig.tight_layout(rect=(0, 0.08 if len(colour) > 5 else 0.05, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def goals(rows, have_ort):
+    """The targets: small, best partime >= 3x PyTorch and >= 1.5x onnxruntime; large, >= 1x both;
+    two stages >= 1.8x one on large and residual; the element within 5% of the tool."""
+    def pick(model, mode, contender, stages=None):
+        return [r for r in rows if r["model"] == model and r["mode"] == mode
+                and r["contender"] == contender and not r["devices"]
+                and (stages is None or r["threads_stages"] == stages)]
+
+    lines = []
+
+    def line(ok, text):
+        lines.append(f"  {'met   ' if ok else 'missed'}  {text}")
+
+    for model, factor in (("small", 3.0), ("large", 1.0)):
+        for mode in FLOP_FACTOR:
+            ours = pick(model, mode, "partime")
+            if not ours:
+                continue
+            best = max(ours, key=lambda r: r["fps"])
+            peers = [("pytorch", factor)]
+            if mode == "inference":
+                peers.append(("onnxruntime", 1.5 if model == "small" else 1.0))
+            for peer, want in peers:
+                theirs = pick(model, mode, peer)
+                if not theirs:
+                    why = "skipped" if peer == "onnxruntime" and not have_ort else "no rows"
+                    lines.append(f"  n/a     {model} {mode}: partime >= {want:g}x {peer} ({why})")
+                    continue
+                other = max(theirs, key=lambda r: r["fps"])
+                x = best["fps"] / other["fps"]
+                line(x >= want, f"{model} {mode}: partime {best['fps']:.1f} frames/s"
+                     f" ({best['threads_stages']} stg) vs {peer} {other['fps']:.1f}"
+                     f" ({other['threads_stages']} thr) = {x:.2f}x, goal >= {want:g}x")
+    for model in ("large", "residual"):
+        for mode in FLOP_FACTOR:
+            one, two = pick(model, mode, "partime", 1), pick(model, mode, "partime", 2)
+            if one and two:
+                x = two[0]["fps"] / one[0]["fps"]
+                line(x >= 1.8, f"{model} {mode}: partime 2 stages {two[0]['fps']:.1f} vs 1 stage"
+                     f" {one[0]['fps']:.1f} frames/s = {x:.2f}x, goal >= 1.8x")
+    for r in rows:
+        if r["contender"] == "partimenet" and r["vs_tool"] != "":
+            tool = pick(r["model"], r["mode"], "partime", r["threads_stages"])[0]
+            line(r["vs_tool"] >= 0.95, f"{r['model']} {r['mode']}: element {r['fps']:.1f} vs tool"
+                 f" {tool['fps']:.1f} frames/s at {r['threads_stages']} stage(s) ="
+                 f" {r['vs_tool']:.3f}x, goal >= 0.95x")
+    print("\ngoals")
+    print("\n".join(lines) if lines else "  none measured (run all models)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,12 +561,16 @@ def main():
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"),
-                    help="meson build directory holding tools/partime (default: ROOT/build)")
+                    help="meson build directory holding tools/partime and gst/"
+                    " (default: ROOT/build)")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--frames", type=int, default=100, help="timed frames per run (default 100)")
     ap.add_argument("--runs", type=int, default=3, help="processes / runs per configuration")
     ap.add_argument("--quick", action="store_true", help="20 frames, 1 run: a smoke test")
-    ap.add_argument("--csv", help="also write the rows to this CSV file")
+    ap.add_argument("--csv", default="bench-results.csv",
+                    help="write the rows to this CSV file (default: bench-results.csv)")
+    ap.add_argument("--plot", help="write the bar chart to this PNG (default: the CSV's path"
+                    " with .png)")
     a = ap.parse_args()
     if a.quick:
         a.frames, a.runs = 20, 1
@@ -214,76 +578,121 @@ def main():
     for m in models:
         if m not in MODELS:
             ap.error(f"unknown model {m!r} (known: {', '.join(MODELS)})")
-    tool = os.path.join(a.build, "tools", "partime")
+    build = os.path.abspath(a.build)
+    tool = os.path.join(build, "tools", "partime")
     if not os.access(tool, os.X_OK):
         ap.error(f"{tool} not found: build the project or pass --build")
-    try:
-        import onnxruntime  # noqa: F401
-        have_ort = True
-    except ImportError:
-        have_ort = False
-        print("onnxruntime: not installed, skipped", flush=True)
+    plot = a.plot or os.path.splitext(a.csv)[0] + ".png"
+
+    sgemm = run_worker("sgemm")
+    print(f"sgemm: {sgemm['gflops']:.1f} GFLOP/s on one core ({sgemm['source']},"
+          f" {SGEMM_N}^3, best of 5); {os.cpu_count()} cores", flush=True)
+    import torch
+    print(f"pytorch {torch.__version__} ({sys.executable})", flush=True)
+    ort_python, what = find_onnxruntime()
+    if ort_python is None:
+        print(f"onnxruntime: unavailable ({what}), skipped", flush=True)
+    else:
+        print(f"onnxruntime {what} ({ort_python})", flush=True)
+    element, why = element_backend(build)
+    if element is None:
+        print(f"partimenet element: unavailable ({why}), skipped", flush=True)
+    elif element == "launch":
+        print("partimenet element: PyGObject missing, timed from gst-launch-1.0's wall time"
+              " (inference only)", flush=True)
+    gst_env = plugin_path_env(build)
 
     tmp = tempfile.mkdtemp(prefix="pt_compare_")
     subprocess.run([sys.executable, os.path.join(HERE, "make_models.py"), tmp], check=True,
                    capture_output=True)
     rows = []
 
-    def add(model, mode, contender, par, fps_list, gflop, latency=None, best=False):
+    def add(model, mode, contender, par, fps_list, gflop, latency=None, best=False, devices=""):
         med, lo, hi = summarise(fps_list)
         if best:
             med = hi
-        rows.append({"model": model, "mode": mode, "contender": contender, "threads_stages": par,
-                     "fps": round(med, 1), "fps_min": round(lo, 1), "fps_max": round(hi, 1),
-                     "ms_per_frame": round(1000.0 / med, 3),
-                     "latency_ms": round(latency if latency is not None else 1000.0 / med, 3),
-                     "gflops_per_s": round(gflop * FLOP_FACTOR[mode] * med, 2)})
-        print(f"  {model:9} {mode:9} {contender:12} {par:3} {med:9.1f} fps", flush=True)
+        gfs = gflop * FLOP_FACTOR[mode] * med
+        r = {"model": model, "mode": mode, "contender": contender, "threads_stages": par,
+             "devices": devices, "runs": len(fps_list),
+             "fps": round(med, 1), "fps_min": round(lo, 1), "fps_max": round(hi, 1),
+             "ms_per_frame": round(1000.0 / med, 3),
+             "latency_ms": round(latency, 3) if latency is not None else "",
+             "gflops_per_s": round(gfs, 2),
+             "pct_sgemm": round(100.0 * gfs / (sgemm["gflops"] * par), 1),
+             "vs_tool": ""}
+        if contender == "partimenet":
+            tool_row = [t for t in rows if t["model"] == model and t["mode"] == mode
+                        and t["contender"] == "partime" and t["threads_stages"] == par
+                        and not t["devices"]]
+            if tool_row:
+                r["vs_tool"] = round(med / tool_row[0]["fps"], 3)
+        if contender in ("pytorch", "onnxruntime"):
+            r["latency_ms"] = r["ms_per_frame"]  # one frame at a time: the same thing
+        rows.append(r)
+        extra = f"  {r['vs_tool']:.3f}x the tool" if r["vs_tool"] != "" else ""
+        print(f"  {model:9} {mode:9} {contender:11} {par:2} {devices:8} {med:9.1f} fps{extra}",
+              flush=True)
 
     for model in models:
         path = os.path.join(tmp, f"{model}.onnx")
         gflop = partime_gflops(tool, path)
-        diff = check_same_outputs(tool, model, path, tmp)
+        diff, shape, out_len = check_same_outputs(tool, model, path, tmp)
         print(f"{model}: {gflop:.4f} GFLOPs/frame, PyTorch vs partime max |diff| {diff:.2e}",
               flush=True)
         if not diff <= 1e-4:
             sys.exit(f"{model}: PyTorch and partime outputs differ by {diff} (> 1e-4)")
-        for mode in ("inference", "training"):
+        for mode in FLOP_FACTOR:
             for threads in (1, 2):
-                fps = [run_worker("torch", model, path, mode, threads, a.frames)
-                       for _ in range(a.runs)]
+                fps = [run_worker("torch", threads, name=model, onnx=path, mode=mode,
+                                  frames=a.frames)["fps"] for _ in range(a.runs)]
                 # The best process is the peer's real capability; the spread is shown beside it.
                 add(model, mode, "pytorch", threads, fps, gflop, best=True)
-            if mode == "inference" and have_ort:
+            if mode == "inference" and ort_python:
                 for threads in (1, 2):
-                    fps = [run_worker("ort", model, path, mode, threads, a.frames)
-                           for _ in range(a.runs)]
+                    fps = [run_worker("ort", threads, python=ort_python, name=model, onnx=path,
+                                      frames=a.frames)["fps"] for _ in range(a.runs)]
                     add(model, mode, "onnxruntime", threads, fps, gflop, best=True)
-            runs = [partime_bench(tool, path, a.frames, mode == "training") for _ in range(a.runs)]
+            train = mode == "training"
+            runs = [partime_bench(tool, path, a.frames, train) for _ in range(a.runs)]
             for stages in (1, 2):
                 fps = [r[stages][0] for r in runs]
                 lat = statistics.median(r[stages][1] for r in runs)
                 add(model, mode, "partime", stages, fps, gflop, lat)
+            # Each stage on a CPU device of its own, stated explicitly.
+            runs = [partime_bench(tool, path, a.frames, train, "2", "cpu,cpu")
+                    for _ in range(a.runs)]
+            add(model, mode, "partime", 2, [r[2][0] for r in runs], gflop,
+                statistics.median(r[2][1] for r in runs), devices="cpu,cpu")
+            if element is None or (element == "launch" and train):
+                continue
+            for stages in (1, 2):
+                try:
+                    if element == "probe":
+                        fps = [run_worker("element", stages, env=gst_env, build=build, onnx=path,
+                                          mode=mode, frames=a.frames,
+                                          size=f"{shape[3]}x{shape[2]}", out_len=out_len)["fps"]
+                               for _ in range(a.runs)]
+                    else:
+                        fps = [element_launch_fps(build, path, stages, a.frames, shape[3],
+                                                  shape[2]) for _ in range(a.runs)]
+                except RuntimeError as e:
+                    print(f"partimenet element: {model} {mode} {stages} stage(s) failed, skipped:"
+                          f" {e}", flush=True)
+                    continue
+                add(model, mode, "partimenet", stages, fps, gflop)
 
-    print()
-    print("PyTorch and onnxruntime: best of the separate processes [min-max over them];"
-          " partime: median [min-max] of its runs")
-    head = (f"{'model':9} {'mode':9} {'contender':12} {'thr/stg':>7} {'frames/s [min-max]':>26}"
-            f" {'ms/frame':>9} {'latency_ms':>10} {'GFLOP/s':>8}")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        spread = f"{r['fps']:.1f} [{r['fps_min']:.1f}-{r['fps_max']:.1f}]"
-        print(f"{r['model']:9} {r['mode']:9} {r['contender']:12} {r['threads_stages']:>7}"
-              f" {spread:>26} {r['ms_per_frame']:>9.3f} {r['latency_ms']:>10.3f}"
-              f" {r['gflops_per_s']:>8.2f}")
-    print(f"\n{a.frames} timed frames per run after {WARMUP} warm-up frames, {a.runs} run(s) each")
-    if a.csv:
-        with open(a.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        print(f"wrote {a.csv}")
+    print_table(rows)
+    print(f"\n{a.frames} timed frames per run after {WARMUP} warm-up frames, {a.runs} run(s) each;"
+          f" %sgemm: GFLOP/s over {sgemm['gflops']:.1f} GFLOP/s x the cores the configuration uses"
+          f" (threads or stages); vs tool: element / `partime bench` frames/s at the same stages")
+    os.makedirs(os.path.dirname(os.path.abspath(a.csv)), exist_ok=True)
+    with open(a.csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {a.csv}")
+    write_plot(rows, plot)
+    goals(rows, ort_python is not None)
 
 
 if __name__ == "__main__":
