@@ -107,6 +107,7 @@ enum
   PROP_MODEL,
   PROP_LABELS,
   PROP_DEVICES,
+  PROP_CUDA_GRAPHS,
   PROP_STAGES,
   PROP_BALANCE,
   PROP_TRAIN,
@@ -161,6 +162,7 @@ typedef struct
 typedef struct
 {
   gchar *devices;
+  gboolean cuda_graphs;
   gchar *balance;
   guint stages;
   gboolean train;
@@ -224,6 +226,7 @@ struct _GstPartimenet
   gchar *model_spec;
   gchar *labels_path;
   gchar *devices;
+  gboolean cuda_graphs;
   guint stages;
   gchar *balance;
   gboolean train;
@@ -463,6 +466,7 @@ static void
 settings_snapshot (GstPartimenet * self, Settings * s)
 {
   s->devices = g_strdup (self->devices);
+  s->cuda_graphs = self->cuda_graphs;
   s->balance = g_strdup (self->balance);
   s->stages = self->stages;
   s->train = self->train;
@@ -534,6 +538,7 @@ engine_make_stream (GstPartimenet * self, Engine * e, const Settings * s,
   pt_stream_opts_init (&o);
   o.stages = (int) s->stages;
   o.devices = s->devices && *s->devices ? s->devices : NULL;
+  o.cuda_graphs = s->cuda_graphs;
   if (!balance)
     balance = s->balance && *s->balance ? s->balance : "auto";
   o.balance = balance;
@@ -2362,6 +2367,9 @@ gst_partimenet_set_property (GObject * object, guint prop_id,
       g_free (self->devices);
       self->devices = g_value_dup_string (value);
       break;
+    case PROP_CUDA_GRAPHS:
+      self->cuda_graphs = g_value_get_boolean (value);
+      break;
     case PROP_STAGES:
       self->stages = g_value_get_uint (value);
       break;
@@ -2465,6 +2473,9 @@ gst_partimenet_get_property (GObject * object, guint prop_id, GValue * value,
       break;
     case PROP_DEVICES:
       g_value_set_string (value, self->devices);
+      break;
+    case PROP_CUDA_GRAPHS:
+      g_value_set_boolean (value, self->cuda_graphs);
       break;
     case PROP_STAGES:
       g_value_set_uint (value, self->stages);
@@ -2590,6 +2601,11 @@ gst_partimenet_class_init (GstPartimenetClass * klass)
           "Comma-separated devices the stages run on: cpu, cpu:N (core N), "
           "cuda:N; stage i of S runs on device floor(i*G/S). "
           "NULL: one CPU core per stage", NULL, rw | GST_PARAM_MUTABLE_READY));
+  g_object_class_install_property (gobject_class, PROP_CUDA_GRAPHS,
+      g_param_spec_boolean ("cuda-graphs", "CUDA graphs",
+          "On GPU stages, capture each kind of tick's device work as a CUDA "
+          "graph once and replay it (fewer launches per frame)", FALSE,
+          rw | GST_PARAM_MUTABLE_READY));
   g_object_class_install_property (gobject_class, PROP_STAGES,
       g_param_spec_uint ("stages", "Stages",
           "Number of pipeline stages D (a frame leaves D-1 frames later); "

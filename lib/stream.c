@@ -69,6 +69,7 @@ void pt_stream_opts_init(pt_stream_opts *o) {
   memset(o, 0, sizeof *o);
   o->stages = 1;
   o->threaded = true;
+  o->cuda_graphs = false;
   o->train.loss = PT_LOSS_NONE;
   o->train.optimizer = PT_OPT_SGD;
   o->train.lr = 1e-3f;

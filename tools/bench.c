@@ -288,7 +288,8 @@ int tool_cmd_bench(int argc, char **argv) {
   const char *cmd = "bench";
   tool_opts o;
   int rc = tool_parse_opts(
-      argc, argv, OPT_TRAIN | OPT_STAGES | OPT_DEVICES | OPT_BALANCE | OPT_FRAMES, 1, 1, &o);
+      argc, argv, OPT_TRAIN | OPT_STAGES | OPT_DEVICES | OPT_BALANCE | OPT_FRAMES | OPT_CUDA_GRAPHS,
+      1, 1, &o);
   if (rc) return rc < 0 ? TOOL_EXIT_OK : rc;
   int list[PT_MAX_STAGES], n_list = 0;
   char buf[256];

@@ -30,7 +30,9 @@ static const char usage_run[] =
     "      --save CKPT.onnx       write the model with its current weights at the end\n"
     "      --stages D             pipeline stages (default 1, or one per device with --devices)\n"
     "      --devices LIST         devices the stages run on, e.g. cpu or cpu,cpu (default cpu)\n"
-    "      --balance B            auto, or node counts per stage such as 3,4,-1 (default auto)\n";
+    "      --balance B            auto, or node counts per stage such as 3,4,-1 (default auto)\n"
+    "      --cuda-graphs          on cuda devices, replay each stage's per-frame work as a CUDA\n"
+    "                             graph (captured once) instead of launching it piece by piece\n";
 static const char usage_inspect[] =
     "  partime inspect MODEL\n"
     "      Prints every node (name, op, output shape, parameters, MFLOPs) and the totals.\n";
@@ -41,8 +43,9 @@ static const char usage_balance[] =
     "      Prints each stage's node range, ops and measured cost, and the predicted speedup.\n";
 static const char usage_bench[] =
     "  partime bench MODEL --stages 1,2,4 --frames N [--train] [--devices LIST] [--balance B]\n"
+    "                [--cuda-graphs]\n"
     "      Streams N synthetic frames per stage count and prints frames/s, mean latency,\n"
-    "      each stage's busy fraction and the speedup over one stage.\n";
+    "      each stage's busy fraction and the speedup over one stage. --cuda-graphs as for run.\n";
 
 void tool_print_usage(FILE *f, const char *cmd) {
   const char *one = NULL;
@@ -149,6 +152,7 @@ enum {
   KEY_BALANCE,
   KEY_FRAMES,
   KEY_SYNTHETIC,
+  KEY_CUDA_GRAPHS,
   KEY_VERBOSE,
   KEY_HELP,
 };
@@ -170,6 +174,7 @@ static const struct option long_opts[] = {
     {"balance", required_argument, NULL, KEY_BALANCE},
     {"frames", required_argument, NULL, KEY_FRAMES},
     {"synthetic", required_argument, NULL, KEY_SYNTHETIC},
+    {"cuda-graphs", no_argument, NULL, KEY_CUDA_GRAPHS},
     {"verbose", no_argument, NULL, KEY_VERBOSE},
     {"help", no_argument, NULL, KEY_HELP},
     {NULL, 0, NULL, 0},
@@ -205,6 +210,8 @@ static unsigned key_bit(int key) {
     return OPT_FRAMES;
   case KEY_SYNTHETIC:
     return OPT_SYNTHETIC;
+  case KEY_CUDA_GRAPHS:
+    return OPT_CUDA_GRAPHS;
   default:
     return 0;
   }
@@ -283,6 +290,9 @@ int tool_parse_opts(int argc, char **argv, unsigned allowed, int min_pos, int ma
     case KEY_VERBOSE:
       o->verbose = true;
       break;
+    case KEY_CUDA_GRAPHS:
+      o->cuda_graphs = true;
+      break;
     case KEY_LOSS: {
       pt_loss l;
       if (pt_loss_from_string(a, &l) != PT_OK)
@@ -338,6 +348,7 @@ int tool_stream_opts(const char *cmd, const tool_opts *o, const pt_model *m, pt_
   pt_stream_opts_init(so);
   so->devices = o->devices;
   so->balance = o->balance;
+  so->cuda_graphs = o->cuda_graphs;
   so->log = tool_log;
   so->log_user = (void *)&o->verbose;
   pt_train_opts *t = &so->train;

@@ -3,11 +3,12 @@
  *   partime run MODEL --input FRAMES.npy [--targets T.npy] [--output OUT.npy] [--trace T.csv]
  *               [--train --loss L --optimizer sgd|adam --lr X [--momentum M] [--weight-decay W]]
  *               [--save CKPT.onnx] [--stages D] [--devices LIST] [--balance auto|N,N,-1]
+ *               [--cuda-graphs]
  *   partime run MODEL --synthetic N [...]
  *   partime inspect MODEL
  *   partime export builtin:NAME OUT.onnx
  *   partime balance MODEL --stages D [--train]
- *   partime bench MODEL [--train] --stages 1,2,4 --frames N
+ *   partime bench MODEL [--train] --stages 1,2,4 --frames N [--cuda-graphs]
  *
  * `run` streams frames one at a time exactly as a live source would: push one frame, pop whatever
  * is finished, and drain at the end. Results come back in frame order; --output row t and --trace
@@ -145,10 +146,11 @@ static int collect(run_state *r, int64_t n, int64_t row_len, int64_t *done) {
 static int cmd_run(int argc, char **argv) {
   const char *cmd = "run";
   tool_opts o;
-  int rc = tool_parse_opts(argc, argv,
-                           OPT_INPUT | OPT_TARGETS | OPT_OUTPUT | OPT_TRACE | OPT_TRAIN | OPT_SAVE |
-                               OPT_STAGES | OPT_DEVICES | OPT_BALANCE | OPT_SYNTHETIC,
-                           1, 1, &o);
+  int rc =
+      tool_parse_opts(argc, argv,
+                      OPT_INPUT | OPT_TARGETS | OPT_OUTPUT | OPT_TRACE | OPT_TRAIN | OPT_SAVE |
+                          OPT_STAGES | OPT_DEVICES | OPT_BALANCE | OPT_SYNTHETIC | OPT_CUDA_GRAPHS,
+                      1, 1, &o);
   if (rc) return rc < 0 ? TOOL_EXIT_OK : rc;
   if (!o.input == !o.synthetic)
     return tool_usage_error(cmd, "give exactly one of --input FRAMES.npy and --synthetic N");

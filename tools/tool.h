@@ -18,6 +18,7 @@ typedef struct tool_opts {
   const char *devices, *balance;
   const char *loss, *optimizer;
   bool train, verbose;
+  bool cuda_graphs; /* --cuda-graphs */
   bool have_lr, have_momentum, have_weight_decay;
   double lr, momentum, weight_decay;
   int64_t frames;     /* bench: --frames */
@@ -39,6 +40,7 @@ enum {
   OPT_BALANCE = 1 << 8,
   OPT_FRAMES = 1 << 9,
   OPT_SYNTHETIC = 1 << 10,
+  OPT_CUDA_GRAPHS = 1 << 11,
 };
 
 /* Parses argv (argv[0] is the subcommand). Returns TOOL_EXIT_OK, TOOL_EXIT_USAGE after printing
@@ -52,7 +54,8 @@ int tool_usage_error(const char *cmd, const char *fmt, ...) __attribute__((forma
 int tool_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void tool_print_usage(FILE *f, const char *cmd);
 
-/* Fills stream options from the parsed command line (training, devices, balance; not stages). */
+/* Fills stream options from the parsed command line (training, devices, balance, CUDA graphs; not
+ * stages). */
 int tool_stream_opts(const char *cmd, const tool_opts *o, const pt_model *m, pt_stream_opts *so);
 void tool_log(void *user, pt_log_level level, const char *msg);
 

@@ -55,6 +55,8 @@ typedef struct pt_stream_opts {
   bool threaded;       /* run each stage on its own worker thread (default true); false runs the
                           same schedule on the calling thread, for tests and tools */
   pt_train_opts train;
+  bool cuda_graphs;    /* CUDA stages capture each kind of tick's compute into a CUDA graph once
+                          and replay it, saving the per-launch cost (default false) */
   pt_log_fn log;
   void *log_user;
   /* Optional input conversion, run by stage 0's worker so that format conversion, scaling and

@@ -24,7 +24,21 @@
  * memory and a host function publishes them: that is how a finished frame reaches pt_stream_pop.
  *
  * Frames, outputs and targets are pinned host memory; uploads and downloads are async copies on
- * the stage's stream. */
+ * the stage's stream.
+ *
+ * CUDA graphs (opts.cuda_graphs). A tick is enqueued in three parts: what changes from tick to
+ * tick (event waits, the NCCL exchange or peer copies, uploads from the frame's slot into fixed
+ * device buffers), the compute (forward, loss, backward, finite checks, the decision, the
+ * optimizer and the guard), and the results (copies into the host-function record, the host
+ * function, the event record). The compute reads and writes only fixed buffers and one of each
+ * ping-pong pair, so it is the same work for every tick of a variant: tick parity, whether the
+ * last stage has a loss, whether the tick trains. Each variant's compute is captured into a graph
+ * the second time it is met (the first runs directly: cuBLAS and cuDNN may set themselves up on
+ * first use, which a capture forbids) and replayed after that. A graph holds its arguments by
+ * value: the hyperparameters of the training variants, so a change of them drops those graphs,
+ * and every pointer bound, which is checked against the ones it was captured with on each replay.
+ * A stage whose capture fails, or whose check does not hold, warns and runs directly from then on.
+ */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +62,16 @@ typedef struct cb_rec {
   pt_tick_state st;
 } cb_rec;
 
+/* The compute of one variant of a tick, captured, and the pointers it was captured with. */
+typedef struct tick_graph {
+  bool seen; /* met once, directly */
+  cudaGraphExec_t exec;
+  const void **ptrs; /* n_ptrs */
+  int n_ptrs;
+} tick_graph;
+
+#define PT_TICK_VARIANTS 8 /* parity x loss x training */
+
 typedef struct pt_cuda_stage {
   int dev;
   cudaStream_t stream;
@@ -65,6 +89,11 @@ typedef struct pt_cuda_stage {
   int n_cb, cb_next;
   int64_t *cls_host;  /* pinned, one per frame slot */
   pt_tick_state seen; /* the last counters published */
+  bool graphs;        /* opts.cuda_graphs, until something went wrong */
+  hyper graph_h;      /* what the training variants' graphs hold */
+  tick_graph graph[PT_TICK_VARIANTS];
+  const void **ptrs; /* this tick's bound pointers, up to max_ptrs */
+  int n_ptrs, max_ptrs;
   char error[256];
 } cuda_stage;
 
@@ -198,6 +227,11 @@ static pt_status stage_new(pt_stream *s, stage *g, pt_error *err) {
   if (!c->cb || !c->cls_host)
     return pt_error_set(err, PT_ERR_NOMEM, "cuda:%d: out of pinned host memory", c->dev);
   for (int i = 0; i < c->n_cb; i++) c->cb[i].g = g;
+  c->graphs = s->o.cuda_graphs;
+  c->max_ptrs = g->n_ext + s->bd[j].n + 5;
+  c->ptrs = calloc((size_t)c->max_ptrs * (PT_TICK_VARIANTS + 1), sizeof *c->ptrs);
+  if (!c->ptrs) return pt_error_set(err, PT_ERR_NOMEM, "out of memory");
+  for (int i = 0; i < PT_TICK_VARIANTS; i++) c->graph[i].ptrs = c->ptrs + (i + 1) * c->max_ptrs;
   return PT_OK;
 }
 
@@ -291,6 +325,9 @@ void pt_cuda_stream_free(pt_stream *s) {
     cuda_stage *c = g->cu;
     if (!c) continue;
     cudaSetDevice(c->dev);
+    for (int i = 0; i < PT_TICK_VARIANTS; i++)
+      if (c->graph[i].exec) cudaGraphExecDestroy(c->graph[i].exec);
+    free(c->ptrs);
     pt_cuda_exec_free(c->x);
     cudaFree(c->state);
     cudaFree(c->in_dev);
@@ -396,30 +433,25 @@ static void finite_check(cuda_stage *c, const float *x, int64_t n) {
   ptk_check_finite(c->stream, n, &a);
 }
 
-/* The loss of the frame in slot `si` at the last stage; false when it has no target. */
-static bool enqueue_loss(pt_stream *s, cuda_stage *c, int si, const float *o, float *dl) {
+/* Uploads the target of the frame in slot `si` at the last stage into the fixed device buffers;
+ * false when the frame has none (no loss). */
+static bool upload_target(pt_stream *s, cuda_stage *c, int si) {
   slot *sl = &s->slots[si];
   cudaStream_t S = c->stream;
-  size_t out_bytes = s->out_numel * sizeof(float);
   switch (s->o.train.loss) {
-  case PT_LOSS_CROSS_ENTROPY: {
+  case PT_LOSS_CROSS_ENTROPY:
     if (!sl->has_target) return false;
     c->cls_host[si] = sl->cls;
     CK(c,
        cudaMemcpyAsync(c->cls_dev, &c->cls_host[si], sizeof(int64_t), cudaMemcpyHostToDevice, S));
-    ptk_ce_args a = {c->loss_dev, dl, o, c->cls_dev, s->out_classes, s->out_is_prob};
-    ptk_cross_entropy(S, 1, &a);
     return true;
-  }
   case PT_LOSS_MSE:
   case PT_LOSS_NEXT_FRAME:
   case PT_LOSS_RECONSTRUCTION: {
     if (s->o.train.loss != PT_LOSS_RECONSTRUCTION && !sl->has_target) return false;
     const float *t = s->o.train.loss == PT_LOSS_RECONSTRUCTION ? sl->input : sl->target;
-    CK(c, cudaMemcpyAsync(c->target_dev, t, out_bytes, cudaMemcpyHostToDevice, S));
-    ptk_mse_args a = {c->loss_dev, dl, o, c->target_dev, s->out_numel};
-    ptk_mse_grad(S, s->out_numel, &a);
-    ptk_mse_loss(S, 1, &a);
+    CK(c,
+       cudaMemcpyAsync(c->target_dev, t, s->out_numel * sizeof(float), cudaMemcpyHostToDevice, S));
     return true;
   }
   case PT_LOSS_NONE:
@@ -428,8 +460,21 @@ static bool enqueue_loss(pt_stream *s, cuda_stage *c, int si, const float *o, fl
   return false;
 }
 
+/* The loss of output `o` against the uploaded target, and its gradient into `dl`. */
+static void enqueue_loss(pt_stream *s, cuda_stage *c, const float *o, float *dl) {
+  cudaStream_t S = c->stream;
+  if (s->o.train.loss == PT_LOSS_CROSS_ENTROPY) {
+    ptk_ce_args a = {c->loss_dev, dl, o, c->cls_dev, s->out_classes, s->out_is_prob};
+    ptk_cross_entropy(S, 1, &a);
+  } else {
+    ptk_mse_args a = {c->loss_dev, dl, o, c->target_dev, s->out_numel};
+    ptk_mse_grad(S, s->out_numel, &a);
+    ptk_mse_loss(S, 1, &a);
+  }
+}
+
 /* Optimizer step, backup refresh and restore, each gated on the device by the tick's state. */
-static void enqueue_update(pt_stream *s, stage *g, const tick_desc *td) {
+static void enqueue_update(pt_stream *s, stage *g, const hyper *h) {
   cuda_stage *c = g->cu;
   const pt_train_opts *t = &s->o.train;
   cudaStream_t S = c->stream;
@@ -441,16 +486,16 @@ static void enqueue_update(pt_stream *s, stage *g, const tick_desc *td) {
     const float *gr = pt_cuda_exec_grad(c->x, v);
     if (t->optimizer == PT_OPT_ADAM) {
       ptk_adam_args a = {
-          w,        c->opt_m + off, c->opt_v + off,     gr,           td->h.lr,     t->beta1,
-          t->beta2, t->eps,         td->h.weight_decay, &c->state->t, &c->state->ok};
+          w,        c->opt_m + off, c->opt_v + off,  gr,           h->lr,        t->beta1,
+          t->beta2, t->eps,         h->weight_decay, &c->state->t, &c->state->ok};
       ptk_adam(S, n, &a);
     } else {
       ptk_sgd_args a = {w,
-                        td->h.momentum != 0.0f ? c->opt_m + off : NULL,
+                        h->momentum != 0.0f ? c->opt_m + off : NULL,
                         gr,
-                        td->h.lr,
-                        td->h.momentum,
-                        td->h.weight_decay,
+                        h->lr,
+                        h->momentum,
+                        h->weight_decay,
                         &c->state->ok};
       ptk_sgd(S, n, &a);
     }
@@ -464,6 +509,154 @@ static void enqueue_update(pt_stream *s, stage *g, const tick_desc *td) {
     ptk_zero_if(S, n, &zv);
     off += n;
   }
+}
+
+/* What a tick's compute depends on besides the stage's fixed buffers. */
+typedef struct tick_io {
+  int cur;            /* k % 2: which buffer of each ping-pong pair is written */
+  const float *view;  /* what the stage reads: the frame, or the predecessor's activations */
+  const float *delta; /* the gradient of the stage's outputs (+ flag unless last), when training */
+  bool loss;          /* last stage: the frame has a target */
+  bool train;         /* the tick takes a training step */
+} tick_io;
+
+/* The compute of a tick: everything between the uploads and the copies of the results. It
+ * enqueues only device work on fixed buffers and on those named by `io` (bound beforehand),
+ * with no host side effects, so that it can be captured once and replayed. */
+static void enqueue_compute(pt_stream *s, stage *g, const tick_io *io, const hyper *h) {
+  pt_model *m = s->m;
+  cuda_stage *c = g->cu;
+  pt_cuda_exec *x = c->x;
+  const int j = g->j, D = s->D, cur = io->cur;
+  boundary *in = j > 0 ? &s->bd[j - 1] : NULL, *out = &s->bd[j];
+  cudaStream_t S = c->stream;
+  const size_t f = sizeof(float);
+
+  for (int i = 0; i < out->n; i++) { /* values passing through this stage */
+    int v = out->vals[i];
+    const pt_value *val = &m->vals[v];
+    if (val->producer >= g->first && val->producer < g->end) continue;
+    const float *src = in ? io->view + in->off[pt_boundary_index(in, v)] : io->view;
+    CK(c, cudaMemcpyAsync(out->buf[cur] + out->off[i], src, val->numel * f,
+                          cudaMemcpyDeviceToDevice, S));
+  }
+  pt_cuda_exec_forward(x);
+  /* the loss is computed whenever a target exists, training or not (an anomaly score) */
+  if (j == D - 1 && io->loss) enqueue_loss(s, c, out->buf[cur] + out->off[0], out->gbuf[cur]);
+  if (!io->train) return;
+
+  const float *delta = io->delta, *flag = j < D - 1 ? delta + out->floats : NULL;
+  ptk_tick_begin_args tb = {c->state, flag, flag ? NULL : c->loss_dev};
+  ptk_tick_begin(S, 1, &tb);
+  pt_cuda_exec_zero_grad(x);
+  for (int i = 0; i < out->n; i++) {
+    int v = out->vals[i];
+    float *gv = pt_cuda_exec_grad(x, v);
+    const pt_value *val = &m->vals[v];
+    if (gv && val->producer >= g->first && val->producer < g->end)
+      CK(c, cudaMemcpyAsync(gv, delta + out->off[i], val->numel * f, cudaMemcpyDeviceToDevice, S));
+  }
+  pt_cuda_exec_backward(x);
+  for (int i = 0; i < pt_cuda_exec_n_params(x); i++) {
+    int v = pt_cuda_exec_param(x, i);
+    finite_check(c, pt_cuda_exec_grad(x, v), m->vals[v].numel);
+  }
+  float *gout = NULL;
+  if (in) { /* the gradient for the predecessor: own backward plus what passed through */
+    gout = in->gbuf[cur];
+    for (int i = 0; i < in->n; i++) {
+      int v = in->vals[i];
+      int64_t nel = m->vals[v].numel;
+      float *dst = gout + in->off[i];
+      const float *gv = pt_cuda_exec_grad(x, v);
+      if (gv)
+        CK(c, cudaMemcpyAsync(dst, gv, nel * f, cudaMemcpyDeviceToDevice, S));
+      else
+        CK(c, cudaMemsetAsync(dst, 0, nel * f, S));
+      int oi = pt_boundary_index(out, v);
+      if (oi >= 0) {
+        ptk_axpy_args a = {dst, delta + out->off[oi], 1.0f};
+        ptk_axpy(S, nel, &a);
+      }
+    }
+    finite_check(c, gout, in->floats);
+  }
+  ptk_tick_decide_args td_ = {c->state, gout ? gout + in->floats : NULL, j == D - 1,
+                              s->o.train.guard_limit, PT_BACKUP_EVERY};
+  ptk_tick_decide(S, 1, &td_);
+  enqueue_update(s, g, h);
+}
+
+/* Binds `value` to `p` and notes the pointer for the graph check. */
+static void bind(cuda_stage *c, int value, const float *p) {
+  pt_cuda_exec_bind(c->x, value, p);
+  c->ptrs[c->n_ptrs++] = p;
+}
+
+static void graphs_off(pt_stream *s, stage *g, const char *why) {
+  cuda_stage *c = g->cu;
+  c->graphs = false;
+  pt_stream_log(s, PT_LOG_WARNING, "stage %d: no CUDA graphs from now on: %s", g->j, why);
+}
+
+/* Runs the compute of a tick: directly, or as the graph of its variant (captured first where
+ * needed). */
+static void run_compute(pt_stream *s, stage *g, const tick_io *io, const hyper *h) {
+  cuda_stage *c = g->cu;
+  if (!c->graphs || c->error[0] || pt_cuda_exec_error(c->x)) {
+    enqueue_compute(s, g, io, h);
+    return;
+  }
+  if (io->train && memcmp(&c->graph_h, h, sizeof *h) != 0) { /* new values to capture */
+    for (int i = 0; i < PT_TICK_VARIANTS; i++)
+      if ((i & 4) && c->graph[i].exec) {
+        CK(c, cudaGraphExecDestroy(c->graph[i].exec));
+        c->graph[i].exec = NULL;
+      }
+    c->graph_h = *h;
+  }
+  const int key = io->cur | io->loss << 1 | io->train << 2;
+  tick_graph *tg = &c->graph[key];
+  if (tg->exec) {
+    if (tg->n_ptrs != c->n_ptrs || memcmp(tg->ptrs, c->ptrs, c->n_ptrs * sizeof *c->ptrs) != 0) {
+      graphs_off(s, g, "a cached graph was captured with other buffers");
+      enqueue_compute(s, g, io, h);
+      return;
+    }
+    CK(c, cudaGraphLaunch(tg->exec, c->stream));
+    return;
+  }
+  if (!tg->seen) {
+    tg->seen = true;
+    enqueue_compute(s, g, io, h);
+    return;
+  }
+  /* thread-local: the other stages' threads keep working while this one captures */
+  cudaGraph_t graph = NULL;
+  cudaError_t e = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal);
+  if (e == cudaSuccess) {
+    enqueue_compute(s, g, io, h);
+    e = cudaStreamEndCapture(c->stream, &graph);
+  }
+  if (e == cudaSuccess && !c->error[0] && !pt_cuda_exec_error(c->x))
+    e = cudaGraphInstantiate(&tg->exec, graph, 0);
+  if (graph) cudaGraphDestroy(graph);
+  if (e != cudaSuccess || !tg->exec) {
+    char why[160];
+    snprintf(why, sizeof why, "capture failed: %s",
+             e != cudaSuccess ? cudaGetErrorString(e) : "an error while enqueuing");
+    cudaGetLastError();
+    tg->exec = NULL;
+    graphs_off(s, g, why);
+    enqueue_compute(s, g, io, h); /* the captured work never ran */
+    return;
+  }
+  tg->n_ptrs = c->n_ptrs;
+  memcpy(tg->ptrs, c->ptrs, c->n_ptrs * sizeof *c->ptrs);
+  pt_stream_log(s, PT_LOG_DEBUG,
+                "stage %d: captured a CUDA graph (parity %d, loss %d, training %d)", g->j, io->cur,
+                io->loss, io->train);
+  CK(c, cudaGraphLaunch(tg->exec, c->stream));
 }
 
 void pt_cuda_run_tick(stage *g, int64_t k, const tick_desc *td) {
@@ -518,110 +711,67 @@ void pt_cuda_run_tick(stage *g, int64_t k, const tick_desc *td) {
     pthread_mutex_unlock(&s->mu);
     sl->raw = -1;
   }
+
+  /* What changes per tick, into fixed buffers: the frame, the target, the neighbours'
+   * boundaries when they live on another device. */
   if (j == 0)
     CK(c, cudaMemcpyAsync(c->in_dev, sl->input, s->in_numel * f, cudaMemcpyHostToDevice, S));
-
-  /* What this stage reads: the frame, or the predecessor's boundary (copied here if it lives on
-   * another device). */
-  const float *view = c->in_dev;
+  tick_io io = {.cur = cur, .view = c->in_dev};
   if (in) {
-    view = in->buf[prev];
+    io.view = in->buf[prev];
     if (c->mirror && nccl) {
-      view = c->mirror;
+      io.view = c->mirror;
     } else if (c->mirror) {
       CK(c, cudaMemcpyPeerAsync(c->mirror, c->dev, in->buf[prev], s->st[j - 1].cu->dev,
                                 in->floats * f, S));
-      view = c->mirror;
+      io.view = c->mirror;
     }
   }
+  bool train = td->train && s->o.train.enabled && s->o.train.loss != PT_LOSS_NONE;
+  if (j == D - 1) {
+    io.loss = upload_target(s, c, td->slot);
+    io.train = train && io.loss;
+    io.delta = out->gbuf[cur];
+  } else if (train) {
+    io.train = true;
+    io.delta = out->gbuf[prev];
+    if (c->gmirror && nccl) {
+      io.delta = c->gmirror;
+    } else if (c->gmirror) {
+      CK(c, cudaMemcpyPeerAsync(c->gmirror, c->dev, out->gbuf[prev], s->st[j + 1].cu->dev,
+                                (out->floats + 1) * f, S));
+      io.delta = c->gmirror;
+    }
+  }
+
+  /* The buffers the compute reads and writes, bound and noted. */
+  c->n_ptrs = 0;
   for (int i = 0; i < g->n_ext; i++) {
     int v = g->ext[i];
-    pt_cuda_exec_bind(c->x, v, in ? view + in->off[pt_boundary_index(in, v)] : view);
+    bind(c, v, in ? io.view + in->off[pt_boundary_index(in, v)] : io.view);
   }
   for (int i = 0; i < out->n; i++) {
     int v = out->vals[i];
     const pt_value *val = &m->vals[v];
-    if (val->producer >= g->first && val->producer < g->end) {
-      pt_cuda_exec_bind(c->x, v, out->buf[cur] + out->off[i]);
-    } else { /* passes through this stage */
-      const float *src = in ? view + in->off[pt_boundary_index(in, v)] : view;
-      CK(c, cudaMemcpyAsync(out->buf[cur] + out->off[i], src, val->numel * f,
-                            cudaMemcpyDeviceToDevice, S));
-    }
+    if (val->producer >= g->first && val->producer < g->end)
+      bind(c, v, out->buf[cur] + out->off[i]);
   }
-  pt_cuda_exec_forward(c->x);
+  const void *used[] = {io.view, io.train ? io.delta : NULL, out->buf[cur], out->gbuf[cur],
+                        in ? in->gbuf[cur] : NULL};
+  for (size_t i = 0; i < sizeof used / sizeof *used; i++) c->ptrs[c->n_ptrs++] = used[i];
 
-  bool train = td->train && s->o.train.enabled && s->o.train.loss != PT_LOSS_NONE;
-  bool do_train = false;
-  const float *delta = NULL, *flag = NULL;
+  run_compute(s, g, &io, &td->h);
+
+  /* The results, into this tick's host-function record. */
   cb_rec *r = NULL;
   if (j == D - 1) {
-    const float *o = out->buf[cur] + out->off[0];
     r = next_rec(g);
     r->slot = td->slot;
-    CK(c, cudaMemcpyAsync(sl->output, o, s->out_numel * f, cudaMemcpyDeviceToHost, S));
-    float *dl = out->gbuf[cur];
-    /* the loss is reported whenever a target exists, training or not (an anomaly score) */
-    if (enqueue_loss(s, c, td->slot, o, dl)) {
-      CK(c, cudaMemcpyAsync(&r->loss, c->loss_dev, f, cudaMemcpyDeviceToHost, S));
-      do_train = train;
-    }
-    delta = dl;
-  } else if (train) {
-    delta = out->gbuf[prev];
-    if (c->gmirror && nccl) {
-      delta = c->gmirror;
-    } else if (c->gmirror) {
-      CK(c, cudaMemcpyPeerAsync(c->gmirror, c->dev, out->gbuf[prev], s->st[j + 1].cu->dev,
-                                (out->floats + 1) * f, S));
-      delta = c->gmirror;
-    }
-    flag = delta + out->floats;
-    do_train = true;
+    CK(c, cudaMemcpyAsync(sl->output, out->buf[cur] + out->off[0], s->out_numel * f,
+                          cudaMemcpyDeviceToHost, S));
+    if (io.loss) CK(c, cudaMemcpyAsync(&r->loss, c->loss_dev, f, cudaMemcpyDeviceToHost, S));
   }
-
-  if (do_train) {
-    pt_cuda_exec *x = c->x;
-    ptk_tick_begin_args tb = {c->state, flag, flag ? NULL : c->loss_dev};
-    ptk_tick_begin(S, 1, &tb);
-    pt_cuda_exec_zero_grad(x);
-    for (int i = 0; i < out->n; i++) {
-      int v = out->vals[i];
-      float *gv = pt_cuda_exec_grad(x, v);
-      const pt_value *val = &m->vals[v];
-      if (gv && val->producer >= g->first && val->producer < g->end)
-        CK(c,
-           cudaMemcpyAsync(gv, delta + out->off[i], val->numel * f, cudaMemcpyDeviceToDevice, S));
-    }
-    pt_cuda_exec_backward(x);
-    for (int i = 0; i < pt_cuda_exec_n_params(x); i++) {
-      int v = pt_cuda_exec_param(x, i);
-      finite_check(c, pt_cuda_exec_grad(x, v), m->vals[v].numel);
-    }
-    float *gout = NULL;
-    if (in) { /* the gradient for the predecessor: own backward plus what passed through */
-      gout = in->gbuf[cur];
-      for (int i = 0; i < in->n; i++) {
-        int v = in->vals[i];
-        int64_t nel = m->vals[v].numel;
-        float *dst = gout + in->off[i];
-        const float *gv = pt_cuda_exec_grad(x, v);
-        if (gv)
-          CK(c, cudaMemcpyAsync(dst, gv, nel * f, cudaMemcpyDeviceToDevice, S));
-        else
-          CK(c, cudaMemsetAsync(dst, 0, nel * f, S));
-        int oi = pt_boundary_index(out, v);
-        if (oi >= 0) {
-          ptk_axpy_args a = {dst, delta + out->off[oi], 1.0f};
-          ptk_axpy(S, nel, &a);
-        }
-      }
-      finite_check(c, gout, in->floats);
-    }
-    ptk_tick_decide_args td_ = {c->state, gout ? gout + in->floats : NULL, j == D - 1,
-                                s->o.train.guard_limit, PT_BACKUP_EVERY};
-    ptk_tick_decide(S, 1, &td_);
-    enqueue_update(s, g, td);
+  if (io.train) {
     if (!r) r = next_rec(g);
     r->trained = 1;
     CK(c, cudaMemcpyAsync(&r->st, c->state, sizeof r->st, cudaMemcpyDeviceToHost, S));

@@ -837,6 +837,256 @@ static void test_host_func_order(void) {
   cudaStreamDestroy(A);
 }
 
+/* ---- stream capture ---- */
+
+static void gate_open(gate *g) {
+  pthread_mutex_lock(&g->m);
+  g->open = 1;
+  pthread_cond_signal(&g->c);
+  pthread_mutex_unlock(&g->m);
+}
+
+/* Captured: h -> d1, d2 = 2 d1 + 1 (arguments changed after the call), a GEMM reading d2 (alpha
+ * changed after the call), an event recorded and waited on inside, a host function, d2 -> out.
+ * Nothing runs at capture; each launch runs it all and reads h anew. */
+static void test_capture_chain(void) {
+  enum { N = 1024 };
+  cudaStream_t A;
+  cudaEvent_t e;
+  cudaGraph_t graph = NULL;
+  cudaGraphExec_t exec = NULL;
+  cublasHandle_t blas;
+  enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+  float *h, *out, *c_out, *d1, *d2, *dA, *dc, hA[4] = {1, 2, 3, 4};
+  int log[8], n = 0, bad = 0;
+  log_entry le = {log, &n, 7, 0};
+  cudaStreamCreateWithFlags(&A, cudaStreamNonBlocking);
+  cudaEventCreateWithFlags(&e, cudaEventDisableTiming);
+  cublasCreate(&blas);
+  cublasSetStream(blas, A);
+  cudaMallocHost((void **)&h, N * 4), cudaMallocHost((void **)&out, N * 4);
+  cudaMallocHost((void **)&c_out, 2 * 4);
+  cudaMalloc((void **)&d1, N * 4), cudaMalloc((void **)&d2, N * 4), cudaMalloc((void **)&dc, 8);
+  dA = dev_upload(hA, 4);
+  for (int i = 0; i < N; i++) out[i] = -1;
+
+  CHECK(cudaStreamBeginCapture(A, cudaStreamCaptureModeGlobal) == cudaSuccess, "begin capture");
+  CHECK(cudaStreamIsCapturing(A, &cs) == cudaSuccess && cs == cudaStreamCaptureStatusActive,
+        "capturing");
+  CHECK(cudaMemcpyAsync(d1, h, N * 4, cudaMemcpyHostToDevice, A) == cudaSuccess, "captured H2D");
+  axpb_args args = {d2, d1, NULL, 2, 1};
+  pt_sim_launch(A, N, axpb_run, &args, sizeof args);
+  args.a = 100; /* the launch copied its arguments */
+  float alpha = 1, beta = 0;
+  CHECK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, 2, 1, 2, &alpha, dA, 2, d2, 2, &beta, dc, 2) ==
+            CUBLAS_STATUS_SUCCESS,
+        "captured GEMM");
+  alpha = 100;
+  CHECK(cudaEventRecord(e, A) == cudaSuccess, "record in the capture");
+  CHECK(cudaStreamWaitEvent(A, e, 0) == cudaSuccess, "wait in the capture");
+  CHECK(cudaLaunchHostFunc(A, log_append, &le) == cudaSuccess, "captured host function");
+  CHECK(cudaMemcpyAsync(out, d2, N * 4, cudaMemcpyDeviceToHost, A) == cudaSuccess, "captured D2H");
+  CHECK(cudaMemcpyAsync(c_out, dc, 8, cudaMemcpyDeviceToHost, A) == cudaSuccess, "captured D2H");
+  CHECK(cudaStreamEndCapture(A, &graph) == cudaSuccess && graph, "end capture");
+  CHECK(cudaStreamIsCapturing(A, &cs) == cudaSuccess && cs == cudaStreamCaptureStatusNone,
+        "not capturing");
+  CHECK(cudaEventQuery(e) == cudaErrorCapturedEvent, "query of an event recorded in a capture");
+  CHECK(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess && exec, "instantiate");
+  CHECK(cudaGraphDestroy(graph) == cudaSuccess, "the graph goes, its executable stays");
+  sleep_us(2000);
+  CHECK(n == 0 && out[0] == -1, "captured work ran at capture");
+
+  for (int round = 0; round < 2; round++) {
+    for (int i = 0; i < N; i++) h[i] = (float)(round * 10 + i % 7);
+    CHECK(cudaGraphLaunch(exec, A) == cudaSuccess, "launch %d", round);
+    cudaStreamSynchronize(A);
+    for (int i = 0; i < N; i++) bad += out[i] != 2 * h[i] + 1;
+    for (int i = 0; i < 2; i++) bad += c_out[i] != hA[i] * out[0] + hA[2 + i] * out[1];
+    CHECK(n == round + 1 && log[round] == 7, "launch %d: host function ran %d times", round, n);
+  }
+  CHECK(!bad, "graph launches: %d wrong values", bad);
+
+  /* launches of one graph are ordered even across streams, and destroying it while queued is
+   * safe */
+  cudaStream_t B;
+  cudaGraph_t g2 = NULL;
+  cudaGraphExec_t x2 = NULL;
+  gate gt = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+  float v = 0;
+  cudaStreamCreateWithFlags(&B, cudaStreamNonBlocking);
+  cudaMemset(d1, 0, 4);
+  cudaStreamBeginCapture(A, cudaStreamCaptureModeThreadLocal);
+  cudaLaunchHostFunc(A, gate_wait, &gt);
+  axpb(A, 1, d1, d1, NULL, 1, 1);
+  CHECK(cudaStreamEndCapture(A, &g2) == cudaSuccess, "end");
+  cudaGraphInstantiate(&x2, g2, 0);
+  cudaGraphDestroy(g2);
+  CHECK(cudaGraphLaunch(x2, A) == cudaSuccess && cudaGraphLaunch(x2, B) == cudaSuccess, "launch");
+  CHECK(cudaGraphExecDestroy(x2) == cudaSuccess, "destroy while queued");
+  sleep_us(20000);
+  CHECK(cudaStreamQuery(B) == cudaErrorNotReady, "the second launch passed the first");
+  gate_open(&gt);
+  cudaStreamSynchronize(B);
+  cudaMemcpy(&v, d1, 4, cudaMemcpyDeviceToHost);
+  CHECK(v == 2, "two launches added %g, want 2", v);
+
+  cudaStreamDestroy(B);
+  cudaGraphExecDestroy(exec);
+  cublasDestroy(blas);
+  cudaFree(d1), cudaFree(d2), cudaFree(dA), cudaFree(dc);
+  cudaFreeHost(h), cudaFreeHost(out), cudaFreeHost(c_out);
+  cudaEventDestroy(e);
+  cudaStreamDestroy(A);
+}
+
+typedef struct {
+  cudaError_t malloc_rc, end_rc;
+  cudaStream_t end_stream;
+} other_thread;
+
+/* Another thread's cudaMalloc (freed at once), or its attempt to end a capture. */
+static void *other_malloc(void *p) {
+  other_thread *o = p;
+  void *d = NULL;
+  if (o->end_stream) {
+    cudaGraph_t g = NULL;
+    o->end_rc = cudaStreamEndCapture(o->end_stream, &g);
+    return NULL;
+  }
+  o->malloc_rc = cudaMalloc(&d, 64);
+  if (!o->malloc_rc) cudaFree(d);
+  return NULL;
+}
+
+static cudaError_t malloc_from_other_thread(void) {
+  other_thread o = {cudaSuccess, cudaSuccess, NULL};
+  pthread_t t;
+  pthread_create(&t, NULL, other_malloc, &o);
+  pthread_join(t, NULL);
+  return o.malloc_rc;
+}
+
+/* Ends the capture on A and says whether it had been invalidated (and gave no graph). */
+static int end_invalidated(cudaStream_t A) {
+  cudaGraph_t g = (cudaGraph_t)&g;
+  cudaError_t rc = cudaStreamEndCapture(A, &g);
+  if (rc == cudaSuccess) cudaGraphDestroy(g);
+  return rc == cudaErrorStreamCaptureInvalidated && !g;
+}
+
+/* What capture forbids fails, invalidates the capture, and leaves the stream usable. */
+static void test_capture_rules(void) {
+  cudaStream_t A, Bk;
+  cudaEvent_t e;
+  cudaGraph_t g = NULL;
+  enum cudaStreamCaptureStatus cs;
+  float *d, v = 0, one = 1;
+  void *p = NULL;
+  cudaStreamCreateWithFlags(&A, cudaStreamNonBlocking);
+  cudaStreamCreate(&Bk); /* blocking: the legacy stream synchronizes with it */
+  cudaEventCreate(&e);
+  cudaMalloc((void **)&d, 16);
+  cudaMemset(d, 0, 16);
+
+  CHECK(cudaStreamBeginCapture(NULL, cudaStreamCaptureModeGlobal) ==
+            cudaErrorStreamCaptureUnsupported,
+        "capture of the legacy stream");
+  CHECK(cudaStreamEndCapture(A, &g) == cudaErrorIllegalState, "end without a capture");
+  cudaGetLastError();
+
+  cudaStreamBeginCapture(A, cudaStreamCaptureModeGlobal);
+  CHECK(cudaStreamBeginCapture(A, cudaStreamCaptureModeGlobal) == cudaErrorIllegalState,
+        "begin twice");
+  CHECK(cudaStreamSynchronize(A) == cudaErrorStreamCaptureUnsupported, "sync of a capture");
+  CHECK(cudaStreamIsCapturing(A, &cs) == cudaSuccess && cs == cudaStreamCaptureStatusInvalidated,
+        "invalidated");
+  CHECK(cudaMemsetAsync(d, 0, 4, A) == cudaErrorStreamCaptureInvalidated, "work after that");
+  CHECK(end_invalidated(A), "sync: capture not invalidated");
+
+  cudaStreamBeginCapture(A, cudaStreamCaptureModeGlobal);
+  axpb(A, 1, d, NULL, NULL, 0, 5); /* captured, then dropped: never runs */
+  CHECK(cudaMemcpy(&v, d, 4, cudaMemcpyDeviceToHost) == cudaErrorStreamCaptureUnsupported,
+        "synchronous copy during capture");
+  CHECK(cudaStreamQuery(A) == cudaErrorStreamCaptureUnsupported, "query of a capture");
+  CHECK(end_invalidated(A), "cudaMemcpy: capture not invalidated");
+  CHECK(cudaMemcpy(&v, d, 4, cudaMemcpyDeviceToHost) == cudaSuccess && v == 0,
+        "dropped captured work ran (%g)", v);
+
+  cudaStreamBeginCapture(A, cudaStreamCaptureModeGlobal);
+  CHECK(cudaMalloc(&p, 64) == cudaErrorStreamCaptureUnsupported, "cudaMalloc in a global capture");
+  CHECK(end_invalidated(A), "cudaMalloc: capture not invalidated");
+
+  cudaStreamBeginCapture(A, cudaStreamCaptureModeGlobal);
+  CHECK(malloc_from_other_thread() == cudaErrorStreamCaptureUnsupported,
+        "cudaMalloc on another thread during a global capture");
+  CHECK(end_invalidated(A), "other thread's cudaMalloc: capture not invalidated");
+
+  cudaStreamBeginCapture(A, cudaStreamCaptureModeThreadLocal);
+  CHECK(malloc_from_other_thread() == cudaSuccess,
+        "cudaMalloc on another thread during a thread-local capture");
+  other_thread o = {cudaSuccess, cudaSuccess, A};
+  pthread_t t;
+  pthread_create(&t, NULL, other_malloc, &o);
+  pthread_join(t, NULL);
+  CHECK(o.end_rc == cudaErrorStreamCaptureWrongThread, "end from another thread");
+  CHECK(cudaStreamEndCapture(A, &g) == cudaSuccess && g, "thread-local capture survived");
+  cudaGraphDestroy(g);
+
+  cudaStreamBeginCapture(A, cudaStreamCaptureModeRelaxed);
+  CHECK(cudaMalloc(&p, 64) == cudaSuccess, "cudaMalloc in a relaxed capture");
+  CHECK(cudaStreamEndCapture(A, &g) == cudaSuccess && g, "relaxed capture survived");
+  cudaGraphDestroy(g);
+  cudaFree(p);
+
+  cudaEventRecord(e, A); /* outside any capture */
+  cudaStreamBeginCapture(A, cudaStreamCaptureModeGlobal);
+  CHECK(cudaStreamWaitEvent(A, e, 0) == cudaErrorStreamCaptureIsolation,
+        "wait on an event recorded outside the capture");
+  CHECK(end_invalidated(A), "isolation: capture not invalidated");
+
+  cudaStreamBeginCapture(A, cudaStreamCaptureModeGlobal);
+  cudaEventRecord(e, A);
+  CHECK(cudaStreamWaitEvent(Bk, e, 0) == cudaErrorNotSupported, "fork into a capture");
+  CHECK(cudaStreamEndCapture(A, &g) == cudaSuccess, "a refused fork leaves the capture alone");
+  cudaGraphDestroy(g);
+  cudaEventRecord(e, A);
+  CHECK(cudaEventQuery(e) == cudaSuccess, "an event recorded again outside works");
+
+  cudaStreamBeginCapture(Bk, cudaStreamCaptureModeRelaxed);
+  CHECK(cudaMemsetAsync(d, 0, 4, NULL) == cudaErrorStreamCaptureImplicit,
+        "legacy work while a blocking stream captures");
+  CHECK(cudaStreamIsCapturing(NULL, &cs) == cudaErrorStreamCaptureImplicit, "legacy status");
+  CHECK(end_invalidated(Bk), "implicit: capture not invalidated");
+
+  /* a graph launched into a capture joins it */
+  cudaGraphExec_t x = NULL;
+  cudaStreamBeginCapture(A, cudaStreamCaptureModeGlobal);
+  axpb(A, 1, d, d, NULL, 1, one);
+  cudaStreamEndCapture(A, &g);
+  cudaGraphInstantiate(&x, g, 0);
+  cudaGraphDestroy(g);
+  cudaStreamBeginCapture(A, cudaStreamCaptureModeGlobal);
+  CHECK(cudaGraphLaunch(x, A) == cudaSuccess && cudaGraphLaunch(x, A) == cudaSuccess,
+        "launch into a capture");
+  CHECK(cudaStreamEndCapture(A, &g) == cudaSuccess, "end");
+  cudaGraphExecDestroy(x);
+  cudaGraphInstantiate(&x, g, 0);
+  cudaGraphDestroy(g);
+  cudaGraphLaunch(x, A);
+  cudaStreamSynchronize(A);
+  cudaMemcpy(&v, d, 4, cudaMemcpyDeviceToHost);
+  CHECK(v == 2, "nested launches added %g, want 2", v);
+  cudaGraphExecDestroy(x);
+
+  cudaStreamBeginCapture(A, cudaStreamCaptureModeGlobal);
+  axpb(A, 1, d, NULL, NULL, 0, 5);
+  CHECK(cudaStreamDestroy(A) == cudaSuccess, "destroy a capturing stream");
+  cudaGetLastError();
+  cudaFree(d);
+  cudaEventDestroy(e);
+  cudaStreamDestroy(Bk);
+}
+
 /* ---- NCCL ---- */
 
 typedef struct {
@@ -961,6 +1211,8 @@ int main(int argc, char **argv) {
   test_stream_chain();
   test_event_wait_matters();
   test_host_func_order();
+  test_capture_chain();
+  test_capture_rules();
   test_nccl();
   CHECK(pt_sim_streams_live() == 0, "%d streams left", pt_sim_streams_live());
   CHECK(pt_sim_allocs_live() == 0, "%d allocations left", pt_sim_allocs_live());

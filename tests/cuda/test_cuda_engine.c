@@ -1,12 +1,15 @@
 /* The engine on GPU stages against the same engine on CPU stages: for 1, 2 and 3 stages, on one
  * device, on two, and with two stages sharing a device, threaded and not, the per-frame outputs,
  * losses and the final weights agree within float tolerance; the guard skips and restores alike;
- * device errors are clear.
+ * device errors are clear. The same again with CUDA graphs, through every kind of tick (frames
+ * with and without a target, training switched off and on, the hyperparameters changed
+ * mid-stream): the graphs are captured once per kind and replayed, never refused.
  *
  * Usage: test_cuda_engine MODEL_DIR              (convnet.onnx, residual.onnx of tests/lib/engine)
  *        test_cuda_engine MODEL_DIR --no-device  (expects the runtime to report no GPU at all)
  * Without a usable GPU on the real runtime it checks the error is the clear one and exits 77. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,10 +22,20 @@
 static const char *dir;
 static int gpus;      /* devices present; with one, every layout runs on cuda:0 */
 static bool saw_nccl; /* a stream said its boundaries move with NCCL */
+static int captures;  /* CUDA graphs captured */
+/* The first warning about CUDA graphs. */
+static char graph_warning[256];
 
 static void on_log(void *user, pt_log_level level, const char *msg) {
-  (void)user, (void)level;
+  (void)user;
   if (strstr(msg, "with NCCL")) saw_nccl = true;
+  if (strstr(msg, "captured a CUDA graph")) __atomic_add_fetch(&captures, 1, __ATOMIC_RELAXED);
+  if (level == PT_LOG_WARNING && strstr(msg, "CUDA graphs")) { /* from any stage's thread */
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&mu);
+    if (!graph_warning[0]) snprintf(graph_warning, sizeof graph_warning, "%s", msg);
+    pthread_mutex_unlock(&mu);
+  }
 }
 
 /* "cuda:1" becomes "cuda:0" on a one-GPU machine. */
@@ -56,6 +69,10 @@ typedef struct run_cfg {
   int N;
   int nan_from, nan_to; /* frames [nan_from, nan_to) get a NaN pixel */
   int guard;
+  bool graphs;
+  int untrained_from, untrained_to; /* frames [from, to) enter with training off */
+  int hyper_at;                     /* frame from which on the hyperparameters change; 0 never */
+  bool some_untargeted;             /* every 7th frame comes without a target */
 } run_cfg;
 
 typedef struct run_out {
@@ -105,6 +122,7 @@ static run_out run(const run_cfg *c) {
   o.devices = c->devices ? fit(c->devices, devices, sizeof devices) : NULL;
   o.log = on_log;
   o.threaded = c->threaded;
+  o.cuda_graphs = c->graphs;
   char balance[64] = "auto";
   if (c->D > 1) { /* a fixed partition, so both runs cut alike */
     int per = pt_model_n_nodes(m) / c->D, len = 0;
@@ -136,8 +154,15 @@ static run_out run(const run_cfg *c) {
     for (int64_t i = 0; i < in; i++) x[i] = 0.9f * x[i] + 0.1f * pt_test_uniform(&seed, -1, 1);
     float keep = x[0];
     if (t >= c->nan_from && t < c->nan_to) x[0] = NAN;
+    pt_stream_set_training(s, !(t >= c->untrained_from && t < c->untrained_to));
+    if (c->hyper_at > 0 && t == c->hyper_at)
+      CHECK(pt_stream_set_hyperparams(s, o.train.lr * 0.5f, c->opt == PT_OPT_ADAM ? 0.0f : 0.5f,
+                                      1e-3f) == PT_OK,
+            "hyperparameters: %s", pt_stream_last_error(s));
     pt_target tg = {.class_index = (t / 5) % (int)on};
-    CHECK(pt_stream_push(s, x, &tg, NULL) == PT_OK, "push: %s", pt_stream_last_error(s));
+    bool untargeted = c->some_untargeted && t % 7 == 3;
+    CHECK(pt_stream_push(s, x, untargeted ? NULL : &tg, NULL) == PT_OK, "push: %s",
+          pt_stream_last_error(s));
     x[0] = keep;
     while (pt_stream_pop(s, &r) == PT_OK) {
       memcpy(ro.outputs + r.frame * on, r.output, on * sizeof(float));
@@ -169,8 +194,17 @@ static void free_run(run_out *r) {
   free(r->weights);
 }
 
+/* With graphs: none refused, and at most one capture per kind of tick and stage, plus one per
+ * training kind for the hyperparameter change (every tick capturing anew would be ~N). */
+static void check_graphs(const run_cfg *c, const char *tag) {
+  if (!c->graphs) return;
+  CHECK(!graph_warning[0], "%s on %s: %s", tag, c->devices, graph_warning);
+  CHECK(captures > 0 && captures <= 12 * c->D, "%s on %s: %d CUDA graphs captured for %d stages",
+        tag, c->devices, captures, c->D);
+}
+
 /* GPU stages give the CPU stages' outputs, losses and weights. */
-static void test_equivalence(void) {
+static void test_equivalence(bool graphs) {
   static const struct {
     const char *model;
     pt_loss loss;
@@ -200,10 +234,19 @@ static void test_equivalence(void) {
                      -1,
                      -1,
                      3};
+        if (graphs) {
+          c.graphs = true;
+          c.untrained_from = 9, c.untrained_to = 12;
+          c.hyper_at = 14;
+          c.some_untargeted = true;
+        }
         run_out cpu = run(&c);
         c.devices = layouts[li].devices;
+        captures = 0;
+        graph_warning[0] = 0;
         run_out gpu = run(&c);
         const char *tag = models[mi].model;
+        check_graphs(&c, tag);
 #ifdef PT_HAVE_NCCL
         CHECK(saw_nccl == (distinct && !threaded), "%s on %s: NCCL %s, expected %s", tag,
               layouts[li].devices, saw_nccl ? "used" : "unused",
@@ -214,9 +257,10 @@ static void test_equivalence(void) {
           double el = norm_err(gpu.losses, cpu.losses, c.N);
           double ew = gpu.nw == cpu.nw ? norm_err(gpu.weights, cpu.weights, cpu.nw) : 1e9;
           CHECK(eo < 1e-4 && el < 1e-4 && ew < 1e-4,
-                "%s %s %s (%s, %s): outputs %.3g, losses %.3g, weights %.3g from the CPU run", tag,
-                pt_optimizer_name(c.opt), layouts[li].devices, threaded ? "threaded" : "sequential",
-                pt_loss_name(c.loss), eo, el, ew);
+                "%s %s %s (%s, %s%s): outputs %.3g, losses %.3g, weights %.3g from the CPU run",
+                tag, pt_optimizer_name(c.opt), layouts[li].devices,
+                threaded ? "threaded" : "sequential", pt_loss_name(c.loss),
+                graphs ? ", CUDA graphs" : "", eo, el, ew);
           CHECK(gpu.updates_last == cpu.updates_last && gpu.updates_last > 0,
                 "%s on %s: last stage updated %lld times, %lld on the CPU", tag, c.devices,
                 (long long)gpu.updates_last, (long long)cpu.updates_last);
@@ -239,12 +283,16 @@ static void test_equivalence(void) {
 }
 
 /* Non-finite frames: the same skipped updates and restores as on the CPU, finite weights. */
-static void test_guard(void) {
+static void test_guard(bool graphs) {
   for (int D = 1; D <= 2; D++) {
     run_cfg c = {"convnet.onnx", D, NULL, true, PT_LOSS_CROSS_ENTROPY, PT_OPT_SGD, 20, 6, 10, 2};
+    c.graphs = graphs;
     run_out cpu = run(&c);
     c.devices = D == 1 ? "cuda:0" : "cuda:0,cuda:1";
+    captures = 0;
+    graph_warning[0] = 0;
     run_out gpu = run(&c);
+    check_graphs(&c, "guard");
     CHECK(gpu.skipped == cpu.skipped && gpu.skipped > 0,
           "D=%d: %lld updates skipped on the GPU, %lld on the CPU", D, (long long)gpu.skipped,
           (long long)cpu.skipped);
@@ -370,8 +418,10 @@ int main(int argc, char **argv) {
   CHECK(gpus == 2, "the simulation has %d devices, the layouts want 2", gpus);
 #endif
   test_errors();
-  test_equivalence();
-  test_guard();
+  test_equivalence(false);
+  test_guard(false);
+  test_equivalence(true);
+  test_guard(true);
   test_save();
   PT_TEST_END();
 }

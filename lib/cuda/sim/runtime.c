@@ -12,6 +12,13 @@
  * (legacy default stream semantics) and then runs synchronously in the caller. Real work on the
  * NULL stream is asynchronous to the host; here it never is, which can hide a race, never add one.
  *
+ * Capture. A capturing stream holds a capture: the tasks submitted to it go there instead of its
+ * queue. cudaStreamEndCapture turns them into a graph; an executable graph is a copy of them,
+ * and a launch queues one task that runs them all in order on the launching stream, holding a
+ * reference so that destroying the graph meanwhile is safe. An event recorded in a capture keeps
+ * the capture's id instead of a (stream, seq) mark. Captures are found through the live streams,
+ * under sim_lock like everything else.
+ *
  * Jitter. With PARTIME_SIM_JITTER=1 each stream thread sleeps 0-200 us before every task, so a
  * missing dependency between streams shows up as a wrong result rather than depending on luck.
  *
@@ -34,8 +41,18 @@ pthread_cond_t sim_progress = PTHREAD_COND_INITIALIZER;
 struct sim_task {
   sim_task *next;
   sim_run_fn run;
+  size_t size; /* of the payload */
   _Alignas(max_align_t) unsigned char payload[];
 };
+
+/* A capture in progress: the tasks its stream was given, in order. */
+typedef struct capture {
+  uint64_t id;
+  enum cudaStreamCaptureMode mode;
+  pthread_t thread; /* the one that began it */
+  int invalidated;
+  sim_task *head, *tail;
+} capture;
 
 struct CUstream_st {
   struct CUstream_st *next_live;
@@ -43,6 +60,7 @@ struct CUstream_st {
   int dev;
   unsigned flags;
   sim_task *head, *tail;
+  capture *cap;                  /* NULL when not capturing */
   uint64_t submitted, completed; /* tasks, ever */
   int closing;
   pthread_cond_t wake;
@@ -55,12 +73,23 @@ struct CUevent_st {
   int recorded;
   uint64_t stream_id; /* 0: the last record is complete */
   uint64_t seq;
+  uint64_t capture_id; /* nonzero: last recorded in that capture */
+};
+
+struct CUgraph_st {
+  sim_task *head, *tail;
+};
+
+struct CUgraphExec_st {
+  sim_task *head;
+  int refs;                       /* the handle and every queued launch; under sim_lock */
+  uint64_t last_stream, last_seq; /* the last launch, which the next one is ordered behind */
 };
 
 /* Under sim_lock. */
 static struct CUstream_st *live_streams;
 static int n_live_streams;
-static uint64_t next_stream_id = 1;
+static uint64_t next_stream_id = 1, next_capture_id = 1;
 static int peer_enabled[SIM_MAX_DEVICES][SIM_MAX_DEVICES];
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -68,6 +97,7 @@ static int n_devices, jitter;
 
 static _Thread_local int cur_dev;
 static _Thread_local cudaError_t last_error;
+static _Thread_local enum cudaStreamCaptureMode thread_mode; /* Global, the default */
 
 static void device_sync(int dev);
 
@@ -108,6 +138,66 @@ static cudaError_t need_device(void) {
   return sim_device_count() ? cudaSuccess : cudaErrorNoDevice;
 }
 
+/* ---- what capture forbids ---- */
+
+/* The capture with this id, if it is still in progress. Under sim_lock. */
+static capture *capture_find_locked(uint64_t id) {
+  for (struct CUstream_st *l = live_streams; id && l; l = l->next_live)
+    if (l->cap && l->cap->id == id) return l->cap;
+  return NULL;
+}
+
+/* NULL-stream work on dev would depend on dev's capturing blocking streams: 1 (and those captures
+ * are invalidated), or 0. Under sim_lock. */
+static int legacy_blocked_locked(int dev) {
+  int hit = 0;
+  for (struct CUstream_st *l = live_streams; l; l = l->next_live)
+    if (l->cap && l->dev == dev && !(l->flags & cudaStreamNonBlocking)) {
+      l->cap->invalidated = 1;
+      hit = 1;
+    }
+  return hit;
+}
+
+static cudaError_t legacy_check(int dev) {
+  pthread_mutex_lock(&sim_lock);
+  int hit = legacy_blocked_locked(dev);
+  pthread_mutex_unlock(&sim_lock);
+  return hit ? fail(cudaErrorStreamCaptureImplicit) : cudaSuccess;
+}
+
+/* A potentially unsafe call (see cuda_runtime.h) is refused while the calling thread's own
+ * non-relaxed capture is in progress or, in Global mode, any Global one; those are invalidated. */
+static cudaError_t unsafe_call(void) {
+  int hit = 0;
+  if (thread_mode == cudaStreamCaptureModeRelaxed) return cudaSuccess;
+  pthread_mutex_lock(&sim_lock);
+  for (struct CUstream_st *l = live_streams; l; l = l->next_live) {
+    capture *c = l->cap;
+    if (!c || c->mode == cudaStreamCaptureModeRelaxed) continue;
+    if (pthread_equal(c->thread, pthread_self()) ||
+        (thread_mode == cudaStreamCaptureModeGlobal && c->mode == cudaStreamCaptureModeGlobal)) {
+      c->invalidated = 1;
+      hit = 1;
+    }
+  }
+  pthread_mutex_unlock(&sim_lock);
+  return hit ? fail(cudaErrorStreamCaptureUnsupported) : cudaSuccess;
+}
+
+static cudaError_t submit_error(int rc) {
+  switch (rc) {
+  case 0:
+    return cudaSuccess;
+  case SIM_INVALIDATED:
+    return fail(cudaErrorStreamCaptureInvalidated);
+  case SIM_LEGACY_BLOCKED:
+    return fail(cudaErrorStreamCaptureImplicit);
+  default:
+    return fail(cudaErrorInvalidResourceHandle);
+  }
+}
+
 /* ---- errors and versions ---- */
 
 #define SIM_ERRORS(X)                                                                              \
@@ -121,12 +211,24 @@ static cudaError_t need_device(void) {
   X(cudaErrorNoDevice, "no CUDA-capable device is detected")                                       \
   X(cudaErrorInvalidDevice, "invalid device ordinal")                                              \
   X(cudaErrorInvalidResourceHandle, "invalid resource handle")                                     \
+  X(cudaErrorIllegalState, "the operation cannot be performed in the present state")               \
   X(cudaErrorNotReady, "device not ready")                                                         \
   X(cudaErrorIllegalAddress, "an illegal memory access was encountered")                           \
   X(cudaErrorPeerAccessAlreadyEnabled, "peer access is already enabled")                           \
   X(cudaErrorPeerAccessNotEnabled, "peer access has not been enabled")                             \
   X(cudaErrorLaunchFailure, "unspecified launch failure")                                          \
   X(cudaErrorNotSupported, "operation not supported")                                              \
+  X(cudaErrorStreamCaptureUnsupported, "operation not permitted when stream is capturing")         \
+  X(cudaErrorStreamCaptureInvalidated, "operation failed due to a previous error during capture")  \
+  X(cudaErrorStreamCaptureMerge,                                                                   \
+    "operation would result in a merge of separate capture sequences")                             \
+  X(cudaErrorStreamCaptureIsolation, "dependency created on uncaptured work in another stream")    \
+  X(cudaErrorStreamCaptureImplicit,                                                                \
+    "operation would make the legacy stream depend on a capturing blocking stream")                \
+  X(cudaErrorCapturedEvent, "operation not permitted on an event last recorded in a capturing "    \
+                            "stream")                                                              \
+  X(cudaErrorStreamCaptureWrongThread,                                                             \
+    "attempt to terminate a thread-local capture sequence from another thread")                    \
   X(cudaErrorUnknown, "unknown error")
 
 const char *cudaGetErrorString(cudaError_t error) {
@@ -299,6 +401,7 @@ cudaError_t cudaMalloc(void **devPtr, size_t size) {
   void *p;
   if (!devPtr) return fail(cudaErrorInvalidValue);
   if (need_device()) return fail(cudaErrorNoDevice);
+  if (unsafe_call()) return cudaErrorStreamCaptureUnsupported;
   *devPtr = NULL;
   if (!size) return cudaSuccess;
   /* 256-byte alignment as cudaMalloc guarantees; no rounding of the size, so ASan sees overruns */
@@ -318,6 +421,7 @@ cudaError_t cudaFree(void *devPtr) {
   int dev;
   if (!devPtr) return cudaSuccess;
   if ((dev = alloc_kind(devPtr)) < 0) return fail(cudaErrorInvalidValue);
+  if (unsafe_call()) return cudaErrorStreamCaptureUnsupported;
   device_sync(dev);
   alloc_remove(devPtr);
   free(devPtr);
@@ -328,6 +432,7 @@ cudaError_t cudaMallocHost(void **ptr, size_t size) {
   void *p;
   if (!ptr) return fail(cudaErrorInvalidValue);
   if (need_device()) return fail(cudaErrorNoDevice);
+  if (unsafe_call()) return cudaErrorStreamCaptureUnsupported;
   *ptr = NULL;
   if (!size) return cudaSuccess;
   if (!(p = malloc(size))) return fail(cudaErrorMemoryAllocation);
@@ -343,6 +448,7 @@ cudaError_t cudaMallocHost(void **ptr, size_t size) {
 cudaError_t cudaFreeHost(void *ptr) {
   if (!ptr) return cudaSuccess;
   if (alloc_kind(ptr) != -1) return fail(cudaErrorInvalidValue);
+  if (unsafe_call()) return cudaErrorStreamCaptureUnsupported;
   for (int d = 0; d < sim_device_count(); d++) device_sync(d);
   alloc_remove(ptr);
   free(ptr);
@@ -356,7 +462,32 @@ sim_task *sim_task_new(sim_run_fn run, size_t payload_size) {
   if (!t) abort(); /* no way to report it from an enqueue that the real API cannot fail */
   t->next = NULL;
   t->run = run;
+  t->size = payload_size;
   return t;
+}
+
+static sim_task *task_copy(const sim_task *t) {
+  sim_task *c = sim_task_new(t->run, t->size);
+  memcpy(c->payload, t->payload, t->size);
+  return c;
+}
+
+static void task_list_free(sim_task *t) {
+  while (t) {
+    sim_task *next = t->next;
+    free(t);
+    t = next;
+  }
+}
+
+/* Appends to a capture that is not invalidated. Under sim_lock. */
+static void capture_add_locked(capture *c, sim_task *t) {
+  t->next = NULL;
+  if (c->tail)
+    c->tail->next = t;
+  else
+    c->head = t;
+  c->tail = t;
 }
 
 void *sim_task_payload(sim_task *t) {
@@ -423,16 +554,29 @@ void sim_legacy_sync(int dev) {
 
 int sim_submit(cudaStream_t s, int dev, sim_task *t) {
   if (!s) {
-    sim_legacy_sync(dev < 0 ? cur_dev : dev);
-    t->run(t->payload);
+    if (dev < 0) dev = cur_dev;
+    pthread_mutex_lock(&sim_lock);
+    int blocked = legacy_blocked_locked(dev);
+    pthread_mutex_unlock(&sim_lock);
+    if (!blocked) {
+      sim_legacy_sync(dev);
+      t->run(t->payload);
+    }
     free(t);
-    return 0;
+    return blocked ? SIM_LEGACY_BLOCKED : 0;
   }
   pthread_mutex_lock(&sim_lock);
   if (!stream_live_locked(s) || s->closing) {
     pthread_mutex_unlock(&sim_lock);
     free(t);
-    return -1;
+    return SIM_BAD_STREAM;
+  }
+  if (s->cap) {
+    int bad = s->cap->invalidated;
+    if (!bad) capture_add_locked(s->cap, t);
+    pthread_mutex_unlock(&sim_lock);
+    if (bad) free(t);
+    return bad ? SIM_INVALIDATED : 0;
   }
   if (s->tail)
     s->tail->next = t;
@@ -501,13 +645,16 @@ cudaError_t cudaStreamCreate(cudaStream_t *pStream) {
   return cudaStreamCreateWithFlags(pStream, cudaStreamDefault);
 }
 
-/* Waits for the queued work to finish (the real call returns at once and lets it finish). */
+/* Waits for the queued work to finish (the real call returns at once and lets it finish). A
+ * capture in progress is dropped. */
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   pthread_mutex_lock(&sim_lock);
   if (!stream || !stream_live_locked(stream) || stream->closing) {
     pthread_mutex_unlock(&sim_lock);
     return fail(cudaErrorInvalidResourceHandle);
   }
+  capture *c = stream->cap;
+  stream->cap = NULL;
   stream->closing = 1;
   pthread_cond_signal(&stream->wake);
   pthread_mutex_unlock(&sim_lock);
@@ -522,16 +669,26 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   pthread_mutex_unlock(&sim_lock);
   pthread_cond_destroy(&stream->wake);
   free(stream);
+  if (c) task_list_free(c->head);
+  free(c);
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   pthread_mutex_lock(&sim_lock);
   if (!stream) {
+    if (legacy_blocked_locked(cur_dev)) {
+      pthread_mutex_unlock(&sim_lock);
+      return fail(cudaErrorStreamCaptureImplicit);
+    }
     drain_locked(cur_dev, 1);
   } else if (!stream_live_locked(stream)) {
     pthread_mutex_unlock(&sim_lock);
     return fail(cudaErrorInvalidResourceHandle);
+  } else if (stream->cap) {
+    stream->cap->invalidated = 1;
+    pthread_mutex_unlock(&sim_lock);
+    return fail(cudaErrorStreamCaptureUnsupported);
   } else {
     uint64_t target = stream->submitted;
     while (stream->completed < target) pthread_cond_wait(&sim_progress, &sim_lock);
@@ -547,6 +704,11 @@ cudaError_t cudaStreamQuery(cudaStream_t stream) {
     pthread_mutex_unlock(&sim_lock);
     return fail(cudaErrorInvalidResourceHandle);
   }
+  if (stream ? stream->cap != NULL : legacy_blocked_locked(cur_dev)) {
+    if (stream) stream->cap->invalidated = 1;
+    pthread_mutex_unlock(&sim_lock);
+    return fail(stream ? cudaErrorStreamCaptureUnsupported : cudaErrorStreamCaptureImplicit);
+  }
   for (struct CUstream_st *l = live_streams; l; l = l->next_live)
     if (stream ? l == stream : l->dev == cur_dev && !(l->flags & cudaStreamNonBlocking))
       busy |= l->completed < l->submitted;
@@ -554,8 +716,16 @@ cudaError_t cudaStreamQuery(cudaStream_t stream) {
   return busy ? cudaErrorNotReady : cudaSuccess;
 }
 
+/* Refused during any capture on the device, as it would wait for the capturing streams. */
 cudaError_t cudaDeviceSynchronize(void) {
+  int hit = 0;
   if (need_device()) return fail(cudaErrorNoDevice);
+  if (unsafe_call()) return cudaErrorStreamCaptureUnsupported;
+  pthread_mutex_lock(&sim_lock);
+  for (struct CUstream_st *l = live_streams; l; l = l->next_live)
+    if (l->cap && l->dev == cur_dev) l->cap->invalidated = hit = 1;
+  pthread_mutex_unlock(&sim_lock);
+  if (hit) return fail(cudaErrorStreamCaptureUnsupported);
   device_sync(cur_dev);
   return cudaSuccess;
 }
@@ -605,7 +775,7 @@ static cudaError_t check_copy(void *dst, const void *src, size_t n, enum cudaMem
 static cudaError_t submit_copy(void *dst, const void *src, size_t n, cudaStream_t s) {
   sim_task *t = sim_task_new(copy_run, sizeof(copy_args));
   *(copy_args *)sim_task_payload(t) = (copy_args){dst, src, n};
-  return sim_submit(s, -1, t) ? fail(cudaErrorInvalidResourceHandle) : cudaSuccess;
+  return submit_error(sim_submit(s, -1, t));
 }
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind,
@@ -618,6 +788,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count, enum cudaM
 }
 
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind) {
+  if (unsafe_call()) return cudaErrorStreamCaptureUnsupported;
   return cudaMemcpyAsync(dst, src, count, kind, NULL);
 }
 
@@ -650,10 +821,11 @@ cudaError_t cudaMemsetAsync(void *devPtr, int value, size_t count, cudaStream_t 
   if (sim_dev_range(devPtr, count) < 0) return fail(cudaErrorInvalidValue);
   sim_task *t = sim_task_new(set_run, sizeof(set_args));
   *(set_args *)sim_task_payload(t) = (set_args){devPtr, value, count};
-  return sim_submit(stream, -1, t) ? fail(cudaErrorInvalidResourceHandle) : cudaSuccess;
+  return submit_error(sim_submit(stream, -1, t));
 }
 
 cudaError_t cudaMemset(void *devPtr, int value, size_t count) {
+  if (unsafe_call()) return cudaErrorStreamCaptureUnsupported;
   return cudaMemsetAsync(devPtr, value, count, NULL);
 }
 
@@ -672,7 +844,7 @@ cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void *userD
   if (!sim_stream_valid(stream)) return fail(cudaErrorInvalidResourceHandle);
   sim_task *t = sim_task_new(host_run, sizeof(host_args));
   *(host_args *)sim_task_payload(t) = (host_args){fn, userData};
-  return sim_submit(stream, -1, t) ? fail(cudaErrorInvalidResourceHandle) : cudaSuccess;
+  return submit_error(sim_submit(stream, -1, t));
 }
 
 typedef struct {
@@ -698,7 +870,7 @@ void pt_sim_launch(cudaStream_t s, int64_t n, void (*run)(const void *args, int6
   a->run = run;
   a->n = n;
   memcpy(a->args, args, args_size);
-  if (sim_submit(s, -1, t)) fail(cudaErrorInvalidResourceHandle);
+  submit_error(sim_submit(s, -1, t));
 }
 
 int pt_sim_streams_live(void) {
@@ -732,11 +904,20 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
   return cudaSuccess;
 }
 
+/* In a capture the event marks a point of the capture: no (stream, seq) mark. */
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (!event || !sim_stream_valid(stream)) return fail(cudaErrorInvalidResourceHandle);
   if (sim_stream_device(stream) != event->dev) return fail(cudaErrorInvalidResourceHandle);
+  if (!stream && legacy_check(event->dev)) return cudaErrorStreamCaptureImplicit;
   if (!stream) sim_legacy_sync(event->dev); /* the NULL stream's work is done once this returns */
   pthread_mutex_lock(&sim_lock);
+  if (stream && stream->cap) {
+    int bad = stream->cap->invalidated;
+    if (!bad) event->capture_id = stream->cap->id;
+    pthread_mutex_unlock(&sim_lock);
+    return bad ? fail(cudaErrorStreamCaptureInvalidated) : cudaSuccess;
+  }
+  event->capture_id = 0;
   event->recorded = 1;
   event->stream_id = stream ? stream->id : 0;
   event->seq = stream ? stream->submitted : 0;
@@ -744,9 +925,22 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   return cudaSuccess;
 }
 
+/* Under sim_lock: an event last recorded in a capture cannot be queried, synchronized with or
+ * waited on from outside it; a capture still in progress is invalidated. */
+static int captured_event_locked(cudaEvent_t event) {
+  if (!event->capture_id) return 0;
+  capture *c = capture_find_locked(event->capture_id);
+  if (c) c->invalidated = 1;
+  return 1;
+}
+
 cudaError_t cudaEventQuery(cudaEvent_t event) {
   if (!event) return fail(cudaErrorInvalidResourceHandle);
   pthread_mutex_lock(&sim_lock);
+  if (captured_event_locked(event)) {
+    pthread_mutex_unlock(&sim_lock);
+    return fail(cudaErrorCapturedEvent);
+  }
   int done = !event->recorded || mark_done_locked(event->stream_id, event->seq);
   pthread_mutex_unlock(&sim_lock);
   return done ? cudaSuccess : cudaErrorNotReady;
@@ -755,6 +949,10 @@ cudaError_t cudaEventQuery(cudaEvent_t event) {
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   if (!event) return fail(cudaErrorInvalidResourceHandle);
   pthread_mutex_lock(&sim_lock);
+  if (captured_event_locked(event)) {
+    pthread_mutex_unlock(&sim_lock);
+    return fail(cudaErrorCapturedEvent);
+  }
   if (event->recorded) wait_mark_locked(event->stream_id, event->seq);
   pthread_mutex_unlock(&sim_lock);
   return cudaSuccess;
@@ -771,17 +969,211 @@ static void wait_run(void *p) {
   pthread_mutex_unlock(&sim_lock);
 }
 
+/* A capturing stream may wait only for what it recorded itself in this capture (in order
+ * already) or for an event never recorded (nothing to wait for). */
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
   wait_args w;
   int pending;
   if (!event || !sim_stream_valid(stream)) return fail(cudaErrorInvalidResourceHandle);
   if (flags) return fail(cudaErrorInvalidValue);
   pthread_mutex_lock(&sim_lock);
+  capture *own = stream ? stream->cap : NULL;
+  if (own) {
+    cudaError_t e = cudaSuccess;
+    if (own->invalidated)
+      e = cudaErrorStreamCaptureInvalidated;
+    else if (event->capture_id && event->capture_id != own->id)
+      e = cudaErrorStreamCaptureMerge;
+    else if (!event->capture_id && event->recorded)
+      e = cudaErrorStreamCaptureIsolation;
+    if (e) own->invalidated = 1;
+    pthread_mutex_unlock(&sim_lock);
+    return e ? fail(e) : cudaSuccess;
+  }
+  if (event->capture_id) { /* forking into a capture is not simulated */
+    int live = capture_find_locked(event->capture_id) != NULL;
+    pthread_mutex_unlock(&sim_lock);
+    return fail(live ? cudaErrorNotSupported : cudaErrorCapturedEvent);
+  }
   pending = event->recorded && !mark_done_locked(event->stream_id, event->seq);
   w = (wait_args){event->stream_id, event->seq};
   pthread_mutex_unlock(&sim_lock);
   if (!pending) return cudaSuccess; /* never recorded, or already complete */
   sim_task *t = sim_task_new(wait_run, sizeof w);
   *(wait_args *)sim_task_payload(t) = w;
-  return sim_submit(stream, -1, t) ? fail(cudaErrorInvalidResourceHandle) : cudaSuccess;
+  return submit_error(sim_submit(stream, -1, t));
+}
+
+/* ---- capture and graphs ---- */
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode mode) {
+  if ((unsigned)mode > cudaStreamCaptureModeRelaxed) return fail(cudaErrorInvalidValue);
+  if (!stream) return fail(cudaErrorStreamCaptureUnsupported); /* the legacy stream cannot */
+  capture *c = calloc(1, sizeof *c);
+  if (!c) return fail(cudaErrorMemoryAllocation);
+  c->mode = mode;
+  c->thread = pthread_self();
+  pthread_mutex_lock(&sim_lock);
+  cudaError_t e = !stream_live_locked(stream) || stream->closing ? cudaErrorInvalidResourceHandle
+                  : stream->cap                                  ? cudaErrorIllegalState
+                                                                 : cudaSuccess;
+  if (!e) {
+    c->id = next_capture_id++;
+    stream->cap = c;
+  }
+  pthread_mutex_unlock(&sim_lock);
+  if (e) free(c);
+  return e ? fail(e) : cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *pGraph) {
+  if (!pGraph) return fail(cudaErrorInvalidValue);
+  if (!stream) return fail(cudaErrorIllegalState);
+  pthread_mutex_lock(&sim_lock);
+  if (!stream_live_locked(stream)) {
+    pthread_mutex_unlock(&sim_lock);
+    return fail(cudaErrorInvalidResourceHandle);
+  }
+  capture *c = stream->cap;
+  if (!c) {
+    pthread_mutex_unlock(&sim_lock);
+    return fail(cudaErrorIllegalState);
+  }
+  if (c->mode != cudaStreamCaptureModeRelaxed && !pthread_equal(c->thread, pthread_self())) {
+    pthread_mutex_unlock(&sim_lock);
+    return fail(cudaErrorStreamCaptureWrongThread);
+  }
+  stream->cap = NULL;
+  pthread_mutex_unlock(&sim_lock);
+  *pGraph = NULL;
+  struct CUgraph_st *g = c->invalidated ? NULL : malloc(sizeof *g);
+  if (g) {
+    g->head = c->head;
+    g->tail = c->tail;
+  } else {
+    task_list_free(c->head);
+  }
+  int invalidated = c->invalidated;
+  free(c);
+  if (!g) return fail(invalidated ? cudaErrorStreamCaptureInvalidated : cudaErrorMemoryAllocation);
+  *pGraph = g;
+  return cudaSuccess;
+}
+
+/* The NULL stream answers cudaErrorStreamCaptureImplicit while a blocking stream of the current
+ * device captures, without invalidating that capture. */
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream,
+                                  enum cudaStreamCaptureStatus *pCaptureStatus) {
+  cudaError_t e = cudaSuccess;
+  if (!pCaptureStatus) return fail(cudaErrorInvalidValue);
+  pthread_mutex_lock(&sim_lock);
+  if (!stream) {
+    *pCaptureStatus = cudaStreamCaptureStatusNone;
+    for (struct CUstream_st *l = live_streams; l; l = l->next_live)
+      if (l->cap && l->dev == cur_dev && !(l->flags & cudaStreamNonBlocking))
+        e = cudaErrorStreamCaptureImplicit;
+  } else if (!stream_live_locked(stream)) {
+    e = cudaErrorInvalidResourceHandle;
+  } else {
+    *pCaptureStatus = !stream->cap               ? cudaStreamCaptureStatusNone
+                      : stream->cap->invalidated ? cudaStreamCaptureStatusInvalidated
+                                                 : cudaStreamCaptureStatusActive;
+  }
+  pthread_mutex_unlock(&sim_lock);
+  return e ? fail(e) : cudaSuccess;
+}
+
+cudaError_t cudaThreadExchangeStreamCaptureMode(enum cudaStreamCaptureMode *mode) {
+  if (!mode || (unsigned)*mode > cudaStreamCaptureModeRelaxed) return fail(cudaErrorInvalidValue);
+  enum cudaStreamCaptureMode old = thread_mode;
+  thread_mode = *mode;
+  *mode = old;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *pGraphExec, cudaGraph_t graph,
+                                 unsigned long long flags) {
+  if (!pGraphExec || !graph || (flags & ~0xfull)) return fail(cudaErrorInvalidValue);
+  struct CUgraphExec_st *x = calloc(1, sizeof *x);
+  if (!x) return fail(cudaErrorMemoryAllocation);
+  sim_task **end = &x->head;
+  for (const sim_task *t = graph->head; t; t = t->next) {
+    *end = task_copy(t);
+    end = &(*end)->next;
+  }
+  x->refs = 1;
+  *pGraphExec = x;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  if (!graph) return fail(cudaErrorInvalidValue);
+  task_list_free(graph->head);
+  free(graph);
+  return cudaSuccess;
+}
+
+static void exec_unref(struct CUgraphExec_st *x) {
+  pthread_mutex_lock(&sim_lock);
+  int last = --x->refs == 0;
+  pthread_mutex_unlock(&sim_lock);
+  if (!last) return;
+  task_list_free(x->head);
+  free(x);
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t graphExec) {
+  if (!graphExec) return fail(cudaErrorInvalidValue);
+  exec_unref(graphExec);
+  return cudaSuccess;
+}
+
+typedef struct {
+  struct CUgraphExec_st *x;
+} graph_args;
+
+static void graph_run(void *p) {
+  struct CUgraphExec_st *x = ((graph_args *)p)->x;
+  for (sim_task *t = x->head; t; t = t->next) t->run(t->payload);
+  exec_unref(x);
+}
+
+/* On a capturing stream the graph's work joins the capture (a child graph, flattened). */
+cudaError_t cudaGraphLaunch(cudaGraphExec_t graphExec, cudaStream_t stream) {
+  struct CUgraphExec_st *x = graphExec;
+  if (!x) return fail(cudaErrorInvalidValue);
+  if (!sim_stream_valid(stream)) return fail(cudaErrorInvalidResourceHandle);
+  pthread_mutex_lock(&sim_lock);
+  if (stream && stream->cap) {
+    int bad = stream->cap->invalidated;
+    for (const sim_task *t = x->head; !bad && t; t = t->next)
+      capture_add_locked(stream->cap, task_copy(t));
+    pthread_mutex_unlock(&sim_lock);
+    return bad ? fail(cudaErrorStreamCaptureInvalidated) : cudaSuccess;
+  }
+  /* ordered behind the previous launch, wherever that was */
+  wait_args w = {x->last_stream, x->last_seq};
+  int behind = (!stream || w.stream_id != stream->id) && !mark_done_locked(w.stream_id, w.seq);
+  x->refs++;
+  pthread_mutex_unlock(&sim_lock);
+  int rc = 0;
+  if (behind) {
+    sim_task *t = sim_task_new(wait_run, sizeof w);
+    *(wait_args *)sim_task_payload(t) = w;
+    rc = sim_submit(stream, -1, t);
+  }
+  if (!rc) {
+    sim_task *t = sim_task_new(graph_run, sizeof(graph_args));
+    ((graph_args *)sim_task_payload(t))->x = x;
+    rc = sim_submit(stream, -1, t);
+  }
+  if (rc) {
+    exec_unref(x);
+    return submit_error(rc);
+  }
+  pthread_mutex_lock(&sim_lock);
+  x->last_stream = stream ? stream->id : 0;
+  x->last_seq = stream ? stream->submitted : 0;
+  pthread_mutex_unlock(&sim_lock);
+  return cudaSuccess;
 }

@@ -3,6 +3,9 @@
  * A task is one heap block: this header, then its payload, which must be flat (no pointers it
  * owns), because the block is freed as a whole once the task has run. Build a task with
  * sim_task_new, fill sim_task_payload, hand it to sim_submit; from then on the stream owns it.
+ * On a capturing stream the task goes into the capture and runs once per launch of the graph: its
+ * run function must leave the payload as it found it. NCCL's tasks pair transfers when issued and
+ * cannot run twice: NCCL calls must not be made on a capturing stream.
  *
  * All bookkeeping (queues, counters, event and NCCL state) sits under one lock, sim_lock; compute
  * and copies run outside it. Every time a task completes, sim_progress is broadcast; anything
@@ -29,9 +32,16 @@ extern pthread_cond_t sim_progress;
 sim_task *sim_task_new(sim_run_fn run, size_t payload_size);
 void *sim_task_payload(sim_task *t);
 
-/* Runs t on s: queued, or on the NULL stream synchronously after draining dev's blocking streams
- * (dev < 0: the caller's current device). Returns 0, or -1 (and frees t) when s is not a live
- * stream. */
+/* Why sim_submit refused a task (it is freed then). */
+enum {
+  SIM_BAD_STREAM = -1,     /* not a live stream */
+  SIM_INVALIDATED = -2,    /* the stream's capture was invalidated earlier */
+  SIM_LEGACY_BLOCKED = -3, /* NULL-stream work while a blocking stream of the device captures (the
+                              capture is invalidated) */
+};
+
+/* Runs t on s: queued, kept in s's capture, or on the NULL stream synchronously after draining
+ * dev's blocking streams (dev < 0: the caller's current device). Returns 0 or a SIM_* refusal. */
 int sim_submit(cudaStream_t s, int dev, sim_task *t);
 
 /* Waits for everything already queued on dev's blocking streams (what NULL-stream work waits
