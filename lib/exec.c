@@ -4,7 +4,16 @@
  * values once; running a tick allocates nothing. Which values get a gradient buffer: every
  * parameter read in range, every external input when the caller asks (a stage sending a gradient
  * upstream), and every value produced in range from an input that has one. Forward and backward
- * visit nodes in order and in exact reverse. */
+ * visit nodes in order and in exact reverse.
+ *
+ * Convolutions on oneDNN (cpu/dnnl_conv.h) take on work around them where nothing outside the
+ * range can tell: a Relu that is the only reader of a convolution's output is folded into the
+ * convolution's plan (which writes relu(conv) into the convolution's output buffer; the Relu's
+ * output is that same buffer, and its backward, which reads its input, sees relu(conv), which is
+ * as good: relu'(x) = [x > 0] = [relu(x) > 0]). Without train, a convolution whose output (through
+ * such a Relu at most) only another convolution reads hands it over in oneDNN's blocked layout:
+ * the NCHW buffers in between are then never written. Values that leave the range (read by a node
+ * after it, or graph outputs) are never taken over: the caller binds and reads them. */
 #include <stdlib.h>
 #include <string.h>
 #include "exec.h"
@@ -18,6 +27,57 @@ static int64_t round_up(int64_t n, int64_t a) {
 
 static bool in_range(const pt_exec *x, int node) {
   return node >= x->first && node < x->end;
+}
+
+/* The node that alone reads value v, once, when it is in range and v is no graph output; -1
+ * otherwise (v is seen outside the range, or read twice). */
+static int sole_reader(const pt_exec *x, int v) {
+  const pt_model *m = x->m;
+  if (v == m->output) return -1;
+  for (int i = 0; i < m->n_outputs; i++)
+    if (m->outputs[i] == v) return -1;
+  int reader = -1, reads = 0;
+  for (int i = 0; i < m->n_nodes; i++)
+    for (int k = 0; k < m->nodes[i].n_in; k++)
+      if (m->nodes[i].in[k] == v) reader = i, reads++;
+  return reads == 1 && in_range(x, reader) ? reader : -1;
+}
+
+static bool is_conv(const pt_node *n) {
+  return n->op == PT_OP_CONV || n->op == PT_OP_CONV_TRANSPOSE;
+}
+
+/* oneDNN plans, per the static rule of cpu/dnnl_conv.c; a node without one (the rule prefers
+ * cpu/conv.c, or oneDNN has no JIT kernel for its shape) runs cpu/conv.c. A Relu that alone reads
+ * a planned convolution's output is folded into the plan; planned convolutions that feed each
+ * other alone are linked (sharing the tensor in oneDNN's layout without train). */
+static void make_plans(pt_exec *x) {
+  const char *dnnl_env = getenv("PARTIME_DNNL");
+  if (dnnl_env && strcmp(dnnl_env, "0") == 0) return;
+  const pt_model *m = x->m;
+  for (int i = x->first; i < x->end; i++) {
+    const pt_node *n = &m->nodes[i];
+    unsigned ops = is_conv(n) ? pt_dnnl_conv_preferred(&n->p.conv, n->op != PT_OP_CONV) : 0;
+    if (!ops) continue;
+    const int r = sole_reader(x, n->out[0]);
+    const pt_node *rn = r >= 0 ? &m->nodes[r] : NULL;
+    const bool relu =
+        rn && rn->op == PT_OP_UNARY && rn->p.unary.kind == PT_UN_RELU && rn->in[0] == n->out[0];
+    x->plan[i - x->first] =
+        pt_dnnl_conv_plan_create(&n->p.conv, n->op != PT_OP_CONV, x->train,
+                                 ops | PT_DNNL_JIT_ONLY | (relu ? PT_DNNL_RELU : 0), NULL);
+    if (x->plan[i - x->first] && relu) x->folded[r - x->first] = true;
+  }
+  for (int i = x->first; i < x->end; i++) {
+    if (!x->plan[i - x->first]) continue;
+    int v = m->nodes[i].out[0], r = sole_reader(x, v);
+    if (r >= 0 && x->folded[r - x->first]) {
+      v = m->nodes[r].out[0];
+      r = sole_reader(x, v);
+    }
+    if (r >= 0 && is_conv(&m->nodes[r]) && m->nodes[r].in[0] == v && x->plan[r - x->first])
+      pt_dnnl_conv_link(x->plan[i - x->first], x->plan[r - x->first]);
+  }
 }
 
 /* Inputs of a node that carry float data through which gradients flow (the others are shapes,
@@ -93,18 +153,21 @@ pt_status pt_exec_init(pt_exec *x, pt_model *m, int first, int end, bool train, 
   x->needs_grad = calloc(nv, sizeof *x->needs_grad);
   x->aux = calloc(nn, sizeof *x->aux);
   x->plan = calloc(nn, sizeof *x->plan);
+  x->folded = calloc(nn, sizeof *x->folded);
   x->params = calloc(nv, sizeof *x->params);
-  if (!x->act || !x->grad || !x->needs_grad || !x->aux || !x->plan || !x->params) goto nomem;
+  if (!x->act || !x->grad || !x->needs_grad || !x->aux || !x->plan || !x->folded || !x->params)
+    goto nomem;
 
   if (train)
     pt_exec_plan_grads(m, first, end, grad_external, x->needs_grad, x->params, &x->n_params);
+  make_plans(x);
 
-  /* Size table. */
+  /* Size table: a folded Relu's output is its input's buffer. */
   int64_t act_floats = 0, grad_floats = 0, aux_bytes = 0;
   for (int v = 0; v < nv; v++) {
     const pt_value *val = &m->vals[v];
     if (val->is_int) continue;
-    if (val->producer >= 0 && in_range(x, val->producer))
+    if (val->producer >= 0 && in_range(x, val->producer) && !x->folded[val->producer - first])
       act_floats += round_up(val->numel, PT_ALIGN_FLOATS);
     if (x->needs_grad[v]) grad_floats += round_up(val->numel, PT_ALIGN_FLOATS);
   }
@@ -129,7 +192,8 @@ pt_status pt_exec_init(pt_exec *x, pt_model *m, int first, int end, bool train, 
     if (val->is_int) continue;
     if (val->kind == PT_VAL_PARAM || val->kind == PT_VAL_CONST) {
       x->act[v] = val->data;
-    } else if (val->producer >= 0 && in_range(x, val->producer)) {
+    } else if (val->producer >= 0 && in_range(x, val->producer) &&
+               !x->folded[val->producer - first]) {
       x->act[v] = a;
       a += round_up(val->numel, PT_ALIGN_FLOATS);
     }
@@ -138,25 +202,13 @@ pt_status pt_exec_init(pt_exec *x, pt_model *m, int first, int end, bool train, 
       g += round_up(val->numel, PT_ALIGN_FLOATS);
     }
   }
+  for (int i = first; i < end; i++)
+    if (x->folded[i - first]) x->act[m->nodes[i].out[0]] = x->act[m->nodes[i].in[0]];
   unsigned char *ax = x->aux_arena;
   for (int i = first; i < end; i++) {
     if (m->nodes[i].aux_bytes) {
       x->aux[i - first] = ax;
       ax += round_up(m->nodes[i].aux_bytes, 64);
-    }
-  }
-
-  /* oneDNN plans, per the static rule of cpu/dnnl_conv.c; a node without one (the rule prefers
-   * cpu/conv.c, or oneDNN has no JIT kernel for its shape) runs cpu/conv.c */
-  const char *dnnl_env = getenv("PARTIME_DNNL");
-  if (!dnnl_env || strcmp(dnnl_env, "0") != 0) {
-    for (int i = first; i < end; i++) {
-      const pt_node *n = &m->nodes[i];
-      bool t = n->op == PT_OP_CONV_TRANSPOSE;
-      unsigned ops = n->op == PT_OP_CONV || t ? pt_dnnl_conv_preferred(&n->p.conv, t) : 0;
-      if (ops)
-        x->plan[i - first] =
-            pt_dnnl_conv_plan_create(&n->p.conv, t, train, ops | PT_DNNL_JIT_ONLY, NULL);
     }
   }
   return PT_OK;
@@ -170,6 +222,7 @@ nomem:
 void pt_exec_free(pt_exec *x) {
   for (int i = 0; x->plan && i < x->end - x->first; i++) pt_dnnl_conv_plan_free(x->plan[i]);
   free(x->plan);
+  free(x->folded);
   free(x->act);
   free(x->grad);
   free(x->needs_grad);
@@ -194,18 +247,30 @@ float *pt_exec_grad(const pt_exec *x, int value) {
   return x->grad[value];
 }
 
+void pt_exec_params_changed(pt_exec *x) {
+  for (int i = 0; i < x->end - x->first; i++)
+    if (x->plan[i]) pt_dnnl_conv_weights_changed(x->plan[i]);
+}
+
 void pt_exec_zero_grad(pt_exec *x) {
   for (int v = 0; v < x->m->n_vals; v++)
     if (x->grad[v]) memset(x->grad[v], 0, x->m->vals[v].numel * sizeof(float));
 }
 
-static void node_forward(pt_exec *x, const pt_node *n, void *aux, void *plan) {
+static void node_forward(pt_exec *x, int node) {
+  const pt_node *n = &x->m->nodes[node];
+  void *aux = x->aux[node - x->first], *plan = x->plan[node - x->first];
   float *const *A = x->act;
 #define IN(i) ((i) < n->n_in && n->in[i] >= 0 ? A[n->in[i]] : NULL)
   float *out = A[n->out[0]];
   const pt_op_params *p = &n->p;
   if (plan) {
     pt_dnnl_conv_forward(plan, out, IN(0), IN(1), IN(2));
+    return;
+  }
+  if (x->folded[node - x->first]) { /* done by the convolution; copied where the caller bound */
+    const float *y = A[n->in[0]];
+    if (out != y) memcpy(out, y, x->m->vals[n->out[0]].numel * sizeof(float));
     return;
   }
   switch (n->op) {
@@ -257,7 +322,9 @@ static void node_forward(pt_exec *x, const pt_node *n, void *aux, void *plan) {
 #undef IN
 }
 
-static void node_backward(pt_exec *x, const pt_node *n, void *aux, void *plan) {
+static void node_backward(pt_exec *x, int node) {
+  const pt_node *n = &x->m->nodes[node];
+  void *aux = x->aux[node - x->first], *plan = x->plan[node - x->first];
   float *const *A = x->act, *const *G = x->grad;
 #define IN(i) ((i) < n->n_in && n->in[i] >= 0 ? A[n->in[i]] : NULL)
 #define D(i) ((i) < n->n_in && n->in[i] >= 0 ? G[n->in[i]] : NULL)
@@ -319,19 +386,17 @@ static void node_backward(pt_exec *x, const pt_node *n, void *aux, void *plan) {
 }
 
 void pt_exec_forward_node(pt_exec *x, int node) {
-  node_forward(x, &x->m->nodes[node], x->aux[node - x->first], x->plan[node - x->first]);
+  node_forward(x, node);
 }
 
 void pt_exec_backward_node(pt_exec *x, int node) {
-  node_backward(x, &x->m->nodes[node], x->aux[node - x->first], x->plan[node - x->first]);
+  node_backward(x, node);
 }
 
 void pt_exec_forward(pt_exec *x) {
-  for (int i = x->first; i < x->end; i++)
-    node_forward(x, &x->m->nodes[i], x->aux[i - x->first], x->plan[i - x->first]);
+  for (int i = x->first; i < x->end; i++) node_forward(x, i);
 }
 
 void pt_exec_backward(pt_exec *x) {
-  for (int i = x->end - 1; i >= x->first; i--)
-    node_backward(x, &x->m->nodes[i], x->aux[i - x->first], x->plan[i - x->first]);
+  for (int i = x->end - 1; i >= x->first; i--) node_backward(x, i);
 }

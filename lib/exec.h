@@ -7,6 +7,14 @@
  * the caller with pt_exec_bind(), and their gradients, when wanted, are written into buffers the
  * executor owns (pt_exec_grad()). Parameters are updated in place in the model's values.
  *
+ * Activations inside the range are the executor's business: a Conv's output that only a Relu reads
+ * holds the Relu's output (the two are one buffer), and without train a value one oneDNN
+ * convolution hands another in its blocked layout is never written. pt_exec_act() is sure of
+ * external values and of values that leave the range (read by a node after it, or graph outputs).
+ *
+ * Without train, parameters are taken to stay as they are (the executor updates none): after
+ * changing them in place, call pt_exec_params_changed().
+ *
  * Gradients: pt_exec_backward() expects the caller to have zeroed the gradients
  * (pt_exec_zero_grad()) and written the gradient of each output it cares about into
  * pt_exec_grad(x, v); every backward adds (+=) into its inputs' gradients. */
@@ -26,6 +34,8 @@ typedef struct pt_exec {
   void **aux;       /* per node in range (indexed node - first) */
   void **plan;      /* per node in range: a Conv / ConvTranspose's oneDNN plan
                      * (cpu/dnnl_conv.h), NULL where the node runs cpu/conv.c */
+  bool *folded;     /* per node in range: a Relu that the plan of the convolution before it runs;
+                     * its output is its input's buffer */
   float *scratch;
   int64_t scratch_floats;
   float *act_arena, *grad_arena;
@@ -49,10 +59,14 @@ void pt_exec_free(pt_exec *x);
 void pt_exec_plan_grads(const pt_model *m, int first, int end, bool grad_external, bool *needs_grad,
                         int *params, int *n_params);
 
-/* Points an external value at caller-owned memory (read by forward and backward). */
+/* Points an external value at caller-owned memory (read by forward and backward), or a value that
+ * leaves the range at memory that forward writes. */
 void pt_exec_bind(pt_exec *x, int value, const float *data);
 float *pt_exec_act(const pt_exec *x, int value);
 float *pt_exec_grad(const pt_exec *x, int value);
+/* Tells an executor without train that parameter values changed in place (its convolution plans
+ * keep a copy of the weights in oneDNN's layout). */
+void pt_exec_params_changed(pt_exec *x);
 
 void pt_exec_forward(pt_exec *x);
 /* One node of the range (the partitioner times nodes one by one). */

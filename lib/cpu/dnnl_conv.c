@@ -12,6 +12,13 @@
  * out with a sum post-op, which adds them into the caller's buffer as the accumulate rule of ops.h
  * wants, oneDNN's own primitives only ever overwrite.
  *
+ * Inference plans keep the blocked weights between calls (`from` of the weights buffer survives a
+ * forward; it is cleared at every forward of a train plan). A fused ReLU is a second forward
+ * primitive with an eltwise post-op, on the same buffers, run while the inputs are finite (see
+ * inputs_finite); otherwise, and where conv.c runs the forward or the bias is added here, it is a
+ * pass over the output. Two linked inference plans (pt_dnnl_conv_link) share one blocked buffer:
+ * the second one's input buffer is the first one's output buffer, and neither runs its reorder.
+ *
  * A computation not in the plan's `ops` runs on conv.c with the plan's own scratch, so one layer
  * may mix the two (e.g. a first layer of 3 input channels: forward and weights on oneDNN, the
  * input gradient on conv.c). ConvTranspose's bias, and its gradient, are done here rather than by
@@ -34,6 +41,7 @@
 #include <string.h>
 #include <dnnl.h>
 #include <omp.h>
+#include "../pointwise.h"
 
 bool pt_dnnl_available(void) {
   return true;
@@ -58,6 +66,7 @@ typedef struct buf {
   dnnl_memory_t mem; /* what the primitives read or write */
   step reorder;      /* caller <-> mem; no primitive when mem is the caller's memory */
   const float *from; /* inputs: the caller pointer mem was last filled from, NULL: stale */
+  bool linked; /* shared with a linked plan, which fills (input) or reads (output) it: no reorder */
 } buf;
 
 /* A convolution primitive with the buffers it reads (refreshed before) and writes (handed to the
@@ -73,6 +82,7 @@ struct pt_dnnl_conv {
   bool transpose, train;
   unsigned ops;        /* PT_DNNL_* computations on oneDNN; conv.c runs the others */
   bool bias_outside;   /* the bias is added and its gradient summed here, not by oneDNN */
+  bool relu;           /* forward writes relu(conv) (PT_DNNL_RELU) */
   float *gemm_scratch; /* conv.c's scratch, for the computations it runs */
   dnnl_engine_t eng;
   dnnl_stream_t strm;
@@ -81,7 +91,15 @@ struct pt_dnnl_conv {
   buf bufs[MAX_BUFS];
   int n_bufs;
   conv_step fwd, bwd_data, bwd_weights;
-  float *zero_bias; /* (OC): stands in for a missing bias */
+  /* with `relu`, where oneDNN runs the forward and adds the bias: fwd with the ReLU as a post-op,
+   * on the same buffers, for finite inputs (see inputs_finite) */
+  conv_step fwd_relu;
+  const float *checked_w, *checked_b; /* the parameters params_finite is about; NULL: unknown */
+  bool params_finite;
+  bool out_finite;              /* the latest forward ran fwd_relu, on finite inputs */
+  const pt_dnnl_conv *src_plan; /* linked: the plan whose output is this one's input */
+  bool src_shared;              /* ... in the blocked buffer of its own that this one reads */
+  float *zero_bias;             /* (OC): stands in for a missing bias */
   void *scratch;
   char impl[64];
   /* every object created, destroyed by pt_dnnl_conv_plan_free */
@@ -248,10 +266,10 @@ static int bind(pt_dnnl_conv *c, conv_step *cs, dnnl_primitive_desc_t pd, dnnl_q
 /* One scratchpad buffer, as large as the largest any step needs, bound to every step that needs
  * one (the steps of a plan run one after another). */
 static int bind_scratchpad(pt_dnnl_conv *c, pt_error *err) {
-  step *steps[3 + MAX_BUFS];
+  step *steps[4 + MAX_BUFS];
   int n = 0;
-  conv_step *cs[3] = {&c->fwd, &c->bwd_data, &c->bwd_weights};
-  for (int i = 0; i < 3; i++)
+  conv_step *cs[4] = {&c->fwd, &c->fwd_relu, &c->bwd_data, &c->bwd_weights};
+  for (int i = 0; i < 4; i++)
     if (cs[i]->run.prim) steps[n++] = &cs[i]->run;
   for (int i = 0; i < c->n_bufs; i++)
     if (c->bufs[i].reorder.prim) steps[n++] = &c->bufs[i].reorder;
@@ -385,6 +403,27 @@ static int plan_build(pt_dnnl_conv *c, bool jit_only, pt_error *err) {
     return -1;
   }
 
+  /* The forward with the ReLU as a post-op, in the layouts the plain one chose so that the two
+   * share every buffer; none where oneDNN has no (JIT) kernel for it, and the ReLU is then a pass
+   * over the output. */
+  dnnl_primitive_desc_t rpd = NULL;
+  if (fpd && c->relu && !(c->bias_outside && p->has_bias)) {
+    dnnl_convolution_desc_t rd = fd;
+    rd.src_desc = *dnnl_primitive_desc_query_md(fpd, dnnl_query_src_md, 0);
+    rd.weights_desc = *dnnl_primitive_desc_query_md(fpd, dnnl_query_weights_md, 0);
+    rd.dst_desc = *dnnl_primitive_desc_query_md(fpd, dnnl_query_dst_md, 0);
+    dnnl_primitive_attr_t rattr = user_scratchpad_attr();
+    dnnl_post_ops_t po = NULL;
+    if (rattr && dnnl_post_ops_create(&po) == dnnl_success &&
+        dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f) == dnnl_success &&
+        dnnl_primitive_attr_set_post_ops(rattr, po) == dnnl_success &&
+        dnnl_primitive_desc_create(&rpd, &rd, rattr, c->eng, NULL) == dnnl_success && jit_only &&
+        !is_jit(rpd))
+      destroy_pd(&rpd);
+    if (po) dnnl_post_ops_destroy(po);
+    if (rattr) dnnl_primitive_attr_destroy(rattr);
+  }
+
   /* Buffers are bound before each primitive descriptor is consumed by make_step. The forward's
    * go first, so backward finds and shares them where the layouts agree. */
   int rc = 0;
@@ -409,6 +448,14 @@ static int plan_build(pt_dnnl_conv *c, bool jit_only, pt_error *err) {
                 err);
   }
   /* make_step consumes the descriptors, also after an error */
+  if (!rc && rpd) { /* the same arguments: fwd's buffers are in rpd's layouts */
+    c->fwd_relu = c->fwd;
+    memset(&c->fwd_relu.run.scratch_md, 0, sizeof c->fwd_relu.run.scratch_md);
+    c->fwd_relu.run.prim = NULL;
+    rc = make_step(c, &c->fwd_relu.run, rpd, what, err);
+  } else if (rpd) {
+    destroy_pd(&rpd);
+  }
   int rc2 = fpd ? make_step(c, &c->fwd.run, fpd, what, err) : 0;
   int rc3 = bdpd ? make_step(c, &c->bwd_data.run, bdpd, what, err) : 0;
   int rc4 = bwpd ? make_step(c, &c->bwd_weights.run, bwpd, what, err) : 0;
@@ -430,7 +477,8 @@ static int plan_build(pt_dnnl_conv *c, bool jit_only, pt_error *err) {
 
 pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, bool train,
                                        unsigned ops, pt_error *err) {
-  ops &= train ? (unsigned)PT_DNNL_ALL | PT_DNNL_JIT_ONLY : PT_DNNL_FORWARD | PT_DNNL_JIT_ONLY;
+  const unsigned flags = PT_DNNL_JIT_ONLY | PT_DNNL_RELU;
+  ops &= (train ? (unsigned)PT_DNNL_ALL : (unsigned)PT_DNNL_FORWARD) | flags;
   if (!(ops & PT_DNNL_ALL)) {
     pt_error_set(err, PT_ERR_UNSUPPORTED, "no computation asked of oneDNN");
     return NULL;
@@ -444,6 +492,7 @@ pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, 
   c->transpose = transpose;
   c->train = train;
   c->ops = ops & PT_DNNL_ALL;
+  c->relu = (ops & PT_DNNL_RELU) != 0;
   /* oneDNN's deconvolution adds the bias, and sums its gradient, in a slow generic loop (0.1 ms
    * on a 16x32x32 output, more than the deconvolution itself) */
   c->bias_outside = transpose;
@@ -489,22 +538,31 @@ static void set_user(pt_dnnl_conv *c, int role, const float *ptr) {
   if (ptr) dnnl_memory_set_data_handle(c->user[role], (void *)ptr);
 }
 
-/* Refreshes the inputs of cs, runs it, and hands its outputs to the caller (those the caller
- * wants: a NULL pointer skips one). */
-static void run_conv_step(pt_dnnl_conv *c, const conv_step *cs) {
+/* Refreshes the inputs of cs (a linked one is filled by the plan before). */
+static void refresh_inputs(pt_dnnl_conv *c, const conv_step *cs) {
   for (int i = 0; i < cs->n_in; i++) {
     buf *b = &c->bufs[cs->in[i]];
     const float *want = c->ptr[b->role];
-    if (b->reorder.prim && b->from != want) {
+    if (b->reorder.prim && !b->linked && b->from != want) {
       run_step(c, &b->reorder);
       b->from = want;
     }
   }
-  run_step(c, &cs->run);
+}
+
+/* Hands the outputs of cs to the caller (those the caller wants: a NULL pointer skips one; a
+ * linked one is read in place by the plan after). */
+static void hand_out(pt_dnnl_conv *c, const conv_step *cs) {
   for (int i = 0; i < cs->n_out; i++) {
     const buf *b = &c->bufs[cs->out[i]];
-    if (b->reorder.prim && c->ptr[b->role]) run_step(c, &b->reorder);
+    if (b->reorder.prim && !b->linked && c->ptr[b->role]) run_step(c, &b->reorder);
   }
+}
+
+static void run_conv_step(pt_dnnl_conv *c, const conv_step *cs) {
+  refresh_inputs(c, cs);
+  run_step(c, &cs->run);
+  hand_out(c, cs);
 }
 
 /* out (N, OC, P) += b (OC) broadcast over P. */
@@ -538,20 +596,77 @@ static void bias_grad(float *db, const float *dout, const pt_conv_params *p) {
   }
 }
 
-static void stale_all(pt_dnnl_conv *c) {
-  for (int i = 0; i < c->n_bufs; i++) c->bufs[i].from = NULL;
+/* y = relu(y) over n floats, pt_relu_f's rule as the Relu node would apply it: any layout, and
+ * a blocked one's zero padding stays zero. */
+static void relu_pass(float *y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = pt_relu_f(y[i]);
+}
+
+/* No NaN or infinity among x's n floats: one pass over their bits, without an early exit so that
+ * it vectorizes. */
+static bool all_finite(const float *x, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, x + i, sizeof u);
+    bad |= (u & 0x7f800000u) == 0x7f800000u;
+  }
+  return !bad;
+}
+
+static float *mem_data(dnnl_memory_t m, int64_t *n) {
+  void *h = NULL;
+  dnnl_memory_get_data_handle(m, &h);
+  *n = (int64_t)(dnnl_memory_desc_get_size(md_of(m)) / sizeof(float));
+  return h;
+}
+
+static int buf_of(const pt_dnnl_conv *c, int role) {
+  for (int i = 0; i < c->n_bufs; i++)
+    if (c->bufs[i].role == role) return i;
+  return -1;
+}
+
+/* Whether the forward may run fwd_relu. Its post-op maps NaN to 0 (oneDNN's JIT ReLU is a max
+ * with 0), where the Relu node, pt_relu_f, passes NaN on so that a corrupt frame shows in the
+ * loss; a NaN in the output needs a NaN or an infinity among the inputs (or an overflow within
+ * a sum), so fwd_relu runs only where there is none. The parameters are checked once per
+ * pointer in an inference plan, at every forward in a train plan; the input at every forward,
+ * unless it is the output of the plan linked before, which came out of its fwd_relu (finite
+ * inputs, finite outputs: only an overflow to infinity there escapes both checks). */
+static bool inputs_finite(pt_dnnl_conv *c, const float *in, const float *w, const float *b) {
+  const pt_conv_params *p = &c->p;
+  if (c->train || c->checked_w != w || c->checked_b != b) {
+    const int64_t nw = (int64_t)p->OC * (p->C / p->G) * p->KH * p->KW;
+    c->params_finite = all_finite(w, nw) && (!b || all_finite(b, p->OC));
+    c->checked_w = w;
+    c->checked_b = b;
+  }
+  if (!c->params_finite) return false;
+  if (c->src_plan && c->src_plan->out_finite) return true;
+  if (c->src_shared) {
+    int64_t n;
+    const float *x = mem_data(c->bufs[buf_of(c, T_SRC)].mem, &n);
+    return all_finite(x, n);
+  }
+  return all_finite(in, (int64_t)p->N * p->C * p->H * p->W);
 }
 
 void pt_dnnl_conv_forward(pt_dnnl_conv *c, float *out, const float *in, const float *w,
                           const float *b) {
-  /* the caller may have changed anything since the last call: every blocked copy is stale */
-  stale_all(c);
+  /* the caller may have changed anything since the last call: every blocked copy is stale, but
+   * for an inference plan's weights (see pt_dnnl_conv_weights_changed) */
+  for (int i = 0; i < c->n_bufs; i++)
+    if (c->train || c->bufs[i].role != T_WEI) c->bufs[i].from = NULL;
   const pt_conv_params *p = &c->p;
+  const int64_t n_out = (int64_t)p->N * p->OC * p->OH * p->OW;
+  c->out_finite = false;
   if (!(c->ops & PT_DNNL_FORWARD)) {
     if (c->transpose)
       pt_conv_transpose2d_forward(out, in, w, b, p, c->gemm_scratch);
     else
       pt_conv2d_forward(out, in, w, b, p, c->gemm_scratch);
+    if (c->relu) relu_pass(out, n_out);
     return;
   }
   int prev = one_thread_enter();
@@ -559,10 +674,52 @@ void pt_dnnl_conv_forward(pt_dnnl_conv *c, float *out, const float *in, const fl
   set_user(c, T_WEI, w);
   set_user(c, T_DST, out);
   if (p->has_bias && !c->bias_outside) set_user(c, T_BIA, b ? b : c->zero_bias);
-  run_conv_step(c, &c->fwd);
+  const bool fused = c->fwd_relu.run.prim && inputs_finite(c, in, w, b);
+  const conv_step *cs = fused ? &c->fwd_relu : &c->fwd;
+  refresh_inputs(c, cs);
+  run_step(c, &cs->run);
+  const bool bias_here = p->has_bias && c->bias_outside;
+  if (c->relu && !fused && !bias_here) { /* on the output buffer, before it is handed on */
+    dnnl_stream_wait(c->strm);
+    int64_t n;
+    float *y = mem_data(c->bufs[buf_of(c, T_DST)].mem, &n);
+    relu_pass(y, n);
+  }
+  hand_out(c, cs);
   dnnl_stream_wait(c->strm);
   one_thread_leave(prev);
-  if (p->has_bias && c->bias_outside && b) add_bias(out, b, p);
+  c->out_finite = fused;
+  if (bias_here && b) add_bias(out, b, p);
+  if (c->relu && bias_here) relu_pass(out, n_out);
+}
+
+bool pt_dnnl_conv_link(pt_dnnl_conv *from, pt_dnnl_conv *to) {
+  if (from == to || to->src_plan) return false;
+  to->src_plan = from;
+  if (from->train || to->train || !(from->ops & PT_DNNL_FORWARD) || !(to->ops & PT_DNNL_FORWARD) ||
+      (from->bias_outside && from->p.has_bias))
+    return false;
+  const int d = buf_of(from, T_DST), s = buf_of(to, T_SRC);
+  if (d < 0 || s < 0) return false;
+  buf *bd = &from->bufs[d], *bs = &to->bufs[s];
+  /* both must be buffers of the plans' own, behind a reorder: a caller-layout one has nothing to
+   * skip */
+  if (!bd->reorder.prim || !bs->reorder.prim || bd->linked || bs->linked ||
+      !dnnl_memory_desc_equal(md_of(bd->mem), md_of(bs->mem)))
+    return false;
+  void *h = NULL;
+  if (dnnl_memory_get_data_handle(bd->mem, &h) != dnnl_success || !h ||
+      dnnl_memory_set_data_handle(bs->mem, h) != dnnl_success)
+    return false;
+  bd->linked = bs->linked = true;
+  to->src_shared = true;
+  return true;
+}
+
+void pt_dnnl_conv_weights_changed(pt_dnnl_conv *c) {
+  for (int i = 0; i < c->n_bufs; i++)
+    if (c->bufs[i].role == T_WEI) c->bufs[i].from = NULL;
+  c->checked_w = c->checked_b = NULL;
 }
 
 void pt_dnnl_conv_backward(pt_dnnl_conv *c, float *din, float *dw, float *db, const float *dout,
@@ -613,6 +770,12 @@ pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, 
 unsigned pt_dnnl_conv_ops(const pt_dnnl_conv *plan) {
   return 0;
 }
+
+bool pt_dnnl_conv_link(pt_dnnl_conv *from, pt_dnnl_conv *to) {
+  return false;
+}
+
+void pt_dnnl_conv_weights_changed(pt_dnnl_conv *plan) {}
 
 void pt_dnnl_conv_plan_free(pt_dnnl_conv *plan) {}
 

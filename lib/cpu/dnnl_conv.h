@@ -15,6 +15,11 @@
  * caller must not change what they point to (the executor never does: a tick's backward follows
  * its forward).
  *
+ * Inference plans (made without `train`) reorder the weights once and keep the blocked copy while
+ * forward is handed the same weights pointer: weights changed in place need
+ * pt_dnnl_conv_weights_changed(). Plans with `train` reorder them at every forward (an optimizer
+ * step changes them between ticks).
+ *
  * Every call runs on the calling thread alone: the calling thread's OpenMP thread count is set to
  * one around each oneDNN call and restored after, so a stage never spreads over other cores and a
  * given shape always runs the same kernel (results are bit-identical from run to run).
@@ -38,6 +43,10 @@ enum {
   /* with the above: leave on conv.c any computation for which oneDNN picks no JIT-compiled
    * blocked-layout kernel (its reference or plain-layout gemm kernels are slower than conv.c) */
   PT_DNNL_JIT_ONLY = 8,
+  /* with the above: forward writes relu(conv), as a Relu node after it would (pt_relu_f, which
+   * passes NaN on): a oneDNN post-op while the inputs are finite, else a pass over the output.
+   * Backward needs nothing new: relu'(x) = [x > 0] = [relu(x) > 0], NaN included. */
+  PT_DNNL_RELU = 16,
 };
 
 /* True when the library was built with oneDNN. */
@@ -55,6 +64,19 @@ unsigned pt_dnnl_conv_preferred(const pt_conv_params *p, bool transpose);
 pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, bool train,
                                        unsigned ops, pt_error *err);
 void pt_dnnl_conv_plan_free(pt_dnnl_conv *plan);
+
+/* Tells plan `to` that its forward input is plan `from`'s forward output (through a fused ReLU at
+ * most), which nothing else reads or changes, and that each forward of to follows one of from:
+ * to then trusts from's finiteness checks (PT_DNNL_RELU) instead of repeating them. Returns
+ * whether the two also share that tensor in oneDNN's blocked layout, skipping the reorders to
+ * NCHW and back: between inference plans whose forwards both run on oneDNN, from's output layout
+ * being to's input layout and from adding no bias outside oneDNN. from's forward then leaves its
+ * `out` unwritten and to's ignores its `in`. A plan is linked to at most one before it; from must
+ * outlive to. */
+bool pt_dnnl_conv_link(pt_dnnl_conv *from, pt_dnnl_conv *to);
+
+/* Drops an inference plan's blocked copy of the weights, for weights changed in place. */
+void pt_dnnl_conv_weights_changed(pt_dnnl_conv *plan);
 
 /* The computations the plan runs on oneDNN (PT_DNNL_* bits). */
 unsigned pt_dnnl_conv_ops(const pt_dnnl_conv *plan);
