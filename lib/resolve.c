@@ -863,6 +863,8 @@ static pt_status r_reshape(rctx *c) {
       return fail(c, PT_ERR_SHAPE, "shape has a negative dim %lld", (long long)d);
     }
     os.d[i] = d;
+    if (d > 0 && known > INT64_MAX / d)
+      return fail(c, PT_ERR_SHAPE, "target shape has more than 2^63 elements");
     known *= d;
   }
   if (infer >= 0) {
