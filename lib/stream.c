@@ -868,7 +868,7 @@ static int take_slot(pt_stream *s, int64_t frame, pt_status *st) {
 
 /* Push of a float frame or (frame == NULL) of a raw one. */
 static pt_status push(pt_stream *s, const float *frame, const void *raw, size_t raw_n,
-                      const pt_target *target, void *user) {
+                      const pt_device_frame *dev, const pt_target *target, void *user) {
   if (target && s->o.train.loss == PT_LOSS_CROSS_ENTROPY &&
       (target->class_index < 0 || target->class_index >= s->out_classes))
     return fail(s, PT_ERR_INVALID, "push: class %lld is outside the model's %d classes",
@@ -889,7 +889,18 @@ static pt_status push(pt_stream *s, const float *frame, const void *raw, size_t 
   sl->step = 0;
   sl->has_target = false;
   sl->raw = -1;
-  if (frame) {
+  sl->on_device = false;
+  if (dev) {
+    pt_status ds = pt_cuda_stage_device_frame(s, i, dev);
+    if (ds) {
+      pthread_mutex_lock(&s->mu);
+      sl->state = SLOT_FREE;
+      pthread_mutex_unlock(&s->mu);
+      s->next_frame--;
+      return fail(s, ds, "push_device: the frame could not be converted on %s", s->st[0].device);
+    }
+    sl->on_device = true;
+  } else if (frame) {
     memcpy(sl->input, frame, s->in_numel * sizeof(float));
   } else if (s->o.train.loss == PT_LOSS_NEXT_FRAME) {
     s->o.preprocess(s->o.preprocess_user, raw, raw_n, sl->input);
@@ -929,7 +940,7 @@ static pt_status push(pt_stream *s, const float *frame, const void *raw, size_t 
 
 pt_status pt_stream_push(pt_stream *s, const float *frame, const pt_target *target, void *user) {
   if (!frame) return fail(s, PT_ERR_INVALID, "push: no frame");
-  return push(s, frame, NULL, 0, target, user);
+  return push(s, frame, NULL, 0, NULL, target, user);
 }
 
 pt_status pt_stream_push_raw(pt_stream *s, const void *raw, size_t n, const pt_target *target,
@@ -939,7 +950,33 @@ pt_status pt_stream_push_raw(pt_stream *s, const void *raw, size_t n, const pt_t
   if (n > s->o.raw_bytes)
     return fail(s, PT_ERR_INVALID, "push_raw: a %zu-byte frame exceeds the %zu bytes configured", n,
                 s->o.raw_bytes);
-  return push(s, NULL, raw, n, target, user);
+  return push(s, NULL, raw, n, NULL, target, user);
+}
+
+pt_status pt_stream_push_device(pt_stream *s, const pt_device_frame *frame, const pt_target *target,
+                                void *user) {
+  if (!s->cuda)
+    return fail(s, PT_ERR_STATE, "push_device: the stream runs on CPU cores, not on a GPU");
+  if (!frame || !frame->data) return fail(s, PT_ERR_INVALID, "push_device: no frame");
+  if (s->o.train.loss == PT_LOSS_NEXT_FRAME)
+    return fail(s, PT_ERR_UNSUPPORTED,
+                "push_device: the next-frame loss keeps its targets in host memory; push host "
+                "frames");
+  const pt_shape *is = &s->m->vals[s->m->input].shape;
+  int C = is->ndim == 4 ? (int)is->d[1] : -1, H = is->ndim == 4 ? (int)is->d[2] : -1,
+      W = is->ndim == 4 ? (int)is->d[3] : -1;
+  if (is->ndim != 4 || is->d[0] != 1 || C < 1 || C > 4 || frame->width != W || frame->height != H ||
+      frame->pixel_stride < 1 || frame->pitch < (size_t)frame->width * (size_t)frame->pixel_stride)
+    return fail(s, PT_ERR_SHAPE,
+                "push_device: a %dx%d frame (%d bytes per pixel, pitch %zu) does not fit the "
+                "model's input (1 x C x H x W with 1-4 channels; this one is %s%dx%dx%d)",
+                frame->width, frame->height, frame->pixel_stride, frame->pitch,
+                is->ndim == 4 ? "" : "not 4-D, ", C, H, W);
+  for (int c = 0; c < C; c++)
+    if (frame->offset[c] < 0 || frame->offset[c] >= frame->pixel_stride)
+      return fail(s, PT_ERR_INVALID, "push_device: channel %d's offset %d is outside a pixel", c,
+                  frame->offset[c]);
+  return push(s, NULL, NULL, 0, frame, target, user);
 }
 
 pt_status pt_stream_pop(pt_stream *s, pt_result *r) {

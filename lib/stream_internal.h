@@ -25,6 +25,7 @@ typedef struct slot {
   float *target; /* mse / next-frame target (numel of the output) */
   int64_t cls;
   bool has_target;
+  bool on_device; /* the frame came from pt_stream_push_device: it waits on stage 0's device */
   float *output;
   float loss;
   bool trained;
@@ -133,6 +134,9 @@ pt_status pt_cuda_stream_sync(pt_stream *s, bool weights, pt_error *err);
 /* Clears the gradient flags (flush). */
 void pt_cuda_stream_reset(pt_stream *s);
 void *pt_cuda_host_alloc(int device, size_t bytes);
+/* Converts a device frame into frame slot `si`'s device buffer on stage 0's device;
+ * returns when done, so the caller's frame may be released. */
+pt_status pt_cuda_stage_device_frame(pt_stream *s, int si, const pt_device_frame *f);
 void pt_cuda_host_free(void *p);
 /* The device index of "cuda:N", checked against the machine; an error naming it otherwise. */
 pt_status pt_cuda_parse_device(const char *name, int *index, pt_error *err);

@@ -96,6 +96,27 @@ pt_status pt_stream_push(pt_stream *s, const float *frame, const pt_target *targ
 pt_status pt_stream_push_raw(pt_stream *s, const void *raw, size_t n, const pt_target *target,
                              void *user);
 
+/* A frame already in GPU memory: 8-bit packed pixels (RGB, BGR, RGBA, BGRx, ...) at a CUDA
+ * device pointer on the device of stage 0, for streams whose stages run on GPUs. Channel c of the
+ * model's input reads the byte at offset[c] of each pixel: input[c][y][x] =
+ * data[y * pitch + x * pixel_stride + offset[c]] * a[c] + b[c]. width and height must be the
+ * model input's; the model takes 1 to 4 channels. */
+typedef struct pt_device_frame {
+  const void *data;
+  size_t pitch;     /* bytes from one row to the next */
+  int width, height;
+  int pixel_stride; /* bytes per pixel */
+  int offset[4];
+  float a[4], b[4];
+} pt_device_frame;
+
+/* Like pt_stream_push, for a frame in GPU memory: converted to the model's input on stage 0's
+ * device before return (the caller may release it then). PT_ERR_STATE on a stream of CPU stages,
+ * PT_ERR_SHAPE when the size or channels do not fit the model, PT_ERR_UNSUPPORTED with the
+ * next-frame loss (its targets are kept in host memory). */
+pt_status pt_stream_push_device(pt_stream *s, const pt_device_frame *frame,
+                                const pt_target *target, void *user);
+
 typedef struct pt_result {
   int64_t frame;       /* index of the frame, counted from 0 since creation or the last flush */
   void *user;          /* what was pushed with it */

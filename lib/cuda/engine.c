@@ -78,8 +78,10 @@ typedef struct pt_cuda_stage {
   cudaEvent_t ev[2];
   pt_cuda_exec *x;
   float *in_dev;     /* stage 0: the frame */
-  float *target_dev; /* last stage: the frame's target */
-  int64_t *cls_dev;  /* last stage: the frame's class */
+  float *dev_frames; /* stage 0: a frame per slot pushed from device memory (made at first use) */
+  cudaStream_t push_stream; /* stage 0: converts device frames on the pushing thread */
+  float *target_dev;        /* last stage: the frame's target */
+  int64_t *cls_dev;         /* last stage: the frame's class */
   float *loss_dev;
   float *mirror;  /* predecessor's activations, when it runs on another device */
   float *gmirror; /* successor's gradient (+ flag), when it runs on another device */
@@ -331,6 +333,8 @@ void pt_cuda_stream_free(pt_stream *s) {
     pt_cuda_exec_free(c->x);
     cudaFree(c->state);
     cudaFree(c->in_dev);
+    cudaFree(c->dev_frames);
+    if (c->push_stream) cudaStreamDestroy(c->push_stream);
     cudaFree(c->target_dev);
     cudaFree(c->cls_dev);
     cudaFree(c->loss_dev);
@@ -347,6 +351,36 @@ void pt_cuda_stream_free(pt_stream *s) {
     free(c);
     g->cu = NULL;
   }
+}
+
+/* ---- frames from device memory ------------------------------------------------------------- */
+
+pt_status pt_cuda_stage_device_frame(pt_stream *s, int si, const pt_device_frame *f) {
+  cuda_stage *c = s->st[0].cu;
+  cudaError_t e = cudaSetDevice(c->dev);
+  if (e == cudaSuccess && !c->push_stream)
+    e = cudaStreamCreateWithFlags(&c->push_stream, cudaStreamNonBlocking);
+  if (e == cudaSuccess && !c->dev_frames) /* once: device frames are opt-in */
+    e = cudaMalloc((void **)&c->dev_frames, (size_t)s->n_slots * s->in_numel * sizeof(float));
+  if (e != cudaSuccess) {
+    if (!c->error[0])
+      snprintf(c->error, sizeof c->error, "cuda:%d: device frames: %s", c->dev,
+               cudaGetErrorString(e));
+    return e == cudaErrorMemoryAllocation ? PT_ERR_NOMEM : PT_ERR_DEVICE;
+  }
+  ptk_unpack_args a = {c->dev_frames + (int64_t)si * s->in_numel,
+                       f->data,
+                       (int64_t)f->pitch,
+                       f->width,
+                       f->height,
+                       f->pixel_stride,
+                       {f->offset[0], f->offset[1], f->offset[2], f->offset[3]},
+                       {f->a[0], f->a[1], f->a[2], f->a[3]},
+                       {f->b[0], f->b[1], f->b[2], f->b[3]}};
+  ptk_unpack_u8(c->push_stream, s->in_numel, &a);
+  /* the caller's frame may be released on return */
+  e = cudaStreamSynchronize(c->push_stream);
+  return e == cudaSuccess ? PT_OK : PT_ERR_DEVICE;
 }
 
 /* ---- sync -------------------------------------------------------------------------------------
@@ -449,6 +483,13 @@ static bool upload_target(pt_stream *s, cuda_stage *c, int si) {
   case PT_LOSS_NEXT_FRAME:
   case PT_LOSS_RECONSTRUCTION: {
     if (s->o.train.loss != PT_LOSS_RECONSTRUCTION && !sl->has_target) return false;
+    if (s->o.train.loss == PT_LOSS_RECONSTRUCTION && sl->on_device) {
+      /* the frame lives on stage 0's device */
+      const cuda_stage *c0 = s->st[0].cu;
+      CK(c, cudaMemcpyPeerAsync(c->target_dev, c->dev, c0->dev_frames + (int64_t)si * s->in_numel,
+                                c0->dev, s->out_numel * sizeof(float), S));
+      return true;
+    }
     const float *t = s->o.train.loss == PT_LOSS_RECONSTRUCTION ? sl->input : sl->target;
     CK(c,
        cudaMemcpyAsync(c->target_dev, t, s->out_numel * sizeof(float), cudaMemcpyHostToDevice, S));
@@ -714,7 +755,10 @@ void pt_cuda_run_tick(stage *g, int64_t k, const tick_desc *td) {
 
   /* What changes per tick, into fixed buffers: the frame, the target, the neighbours'
    * boundaries when they live on another device. */
-  if (j == 0)
+  if (j == 0 && sl->on_device)
+    CK(c, cudaMemcpyAsync(c->in_dev, c->dev_frames + (int64_t)td->slot * s->in_numel,
+                          s->in_numel * f, cudaMemcpyDeviceToDevice, S));
+  else if (j == 0)
     CK(c, cudaMemcpyAsync(c->in_dev, sl->input, s->in_numel * f, cudaMemcpyHostToDevice, S));
   tick_io io = {.cur = cur, .view = c->in_dev};
   if (in) {

@@ -52,3 +52,12 @@ static PT_HD void ptk_set_body(int64_t i, const ptk_set_args *a) {
   *a->y = a->value;
 }
 PT_KERNEL(ptk_set, ptk_set_args)
+
+static PT_HD void ptk_unpack_u8_body(int64_t i, const ptk_unpack_args *a) {
+  int64_t plane = (int64_t)a->W * a->H;
+  int c = (int)(i / plane);
+  int64_t p = i - c * plane;
+  int64_t y = p / a->W, x = p - y * a->W;
+  a->out[i] = (float)a->src[y * a->pitch + x * a->ps + a->off[c]] * a->a[c] + a->b[c];
+}
+PT_KERNEL(ptk_unpack_u8, ptk_unpack_args)

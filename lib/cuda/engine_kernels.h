@@ -60,6 +60,18 @@ typedef struct ptk_set_args {
 } ptk_set_args;
 void ptk_set(cudaStream_t s, int64_t n, const ptk_set_args *a);
 
+/* A frame of 8-bit packed pixels in device memory into the model's float input (C, H, W):
+ * out[c][y][x] = src[y * pitch + x * ps + off[c]] * a[c] + b[c]. n = C * H * W. */
+typedef struct ptk_unpack_args {
+  float *out;
+  const unsigned char *src;
+  int64_t pitch;
+  int W, H, ps;
+  int off[4];
+  float a[4], b[4];
+} ptk_unpack_args;
+void ptk_unpack_u8(cudaStream_t s, int64_t n, const ptk_unpack_args *a);
+
 #ifdef __cplusplus
 }
 #endif

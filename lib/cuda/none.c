@@ -41,3 +41,8 @@ void *pt_cuda_host_alloc(int device, size_t bytes) {
 void pt_cuda_host_free(void *p) {
   free(p);
 }
+
+pt_status pt_cuda_stage_device_frame(pt_stream *s, int si, const pt_device_frame *f) {
+  (void)s, (void)si, (void)f;
+  return PT_ERR_STATE;
+}
