@@ -75,6 +75,13 @@
 #include "gstpartimenet.h"
 #include "partimenetmeta.h"
 
+#ifdef HAVE_GST_CUDA
+#include <gst/cuda/gstcudacontext.h>
+#include <gst/cuda/gstcudaloader.h>
+#include <gst/cuda/gstcudamemory.h>
+#include <gst/cuda/gstcudautils.h>
+#endif
+
 /* classification results as analytics metadata came with GStreamer 1.24 */
 #if defined (HAVE_GST_ANALYTICS) && GST_CHECK_VERSION (1, 24, 0)
 #define USE_ANALYTICS_META 1
@@ -133,15 +140,26 @@ enum
 #define VIDEO_FORMATS "{ RGB, BGR, RGBx, BGRx, xRGB, xBGR, RGBA, BGRA, ARGB, ABGR, " \
   "GRAY8, I420, YV12, NV12, NV21, YUY2, UYVY, Y444 }"
 
+/* Built with GStreamer's CUDA library and a CUDA libpartime, packed RGB frames in GPU memory
+ * (from cudaupload or NVIDIA decoders) come first: with GPU stages they go to stage 0 without a
+ * trip through the host (gst_partimenet_cuda_frame), otherwise they are downloaded. */
+#ifdef HAVE_GST_CUDA
+#define VIDEO_CAPS \
+  GST_VIDEO_CAPS_MAKE_WITH_FEATURES (GST_CAPS_FEATURE_MEMORY_CUDA_MEMORY, \
+      "{ RGB, BGR, RGBx, BGRx, RGBA, BGRA }") "; " GST_VIDEO_CAPS_MAKE (VIDEO_FORMATS)
+#else
+#define VIDEO_CAPS GST_VIDEO_CAPS_MAKE (VIDEO_FORMATS)
+#endif
+
 static GstStaticPadTemplate sink_template = GST_STATIC_PAD_TEMPLATE ("sink",
     GST_PAD_SINK,
     GST_PAD_ALWAYS,
-    GST_STATIC_CAPS (GST_VIDEO_CAPS_MAKE (VIDEO_FORMATS)));
+    GST_STATIC_CAPS (VIDEO_CAPS));
 
 static GstStaticPadTemplate src_template = GST_STATIC_PAD_TEMPLATE ("src",
     GST_PAD_SRC,
     GST_PAD_ALWAYS,
-    GST_STATIC_CAPS (GST_VIDEO_CAPS_MAKE (VIDEO_FORMATS)));
+    GST_STATIC_CAPS (VIDEO_CAPS));
 
 /* What waits in the output queue, in arrival order. */
 typedef enum
@@ -282,6 +300,12 @@ struct _GstPartimenet
   GstVideoFrame raw_frame;      /* the pixels of `raw` */
   gfloat *probs;                /* n_classes */
   gfloat norm_a[4], norm_b[4];  /* the normalization frames get from now on */
+#ifdef HAVE_GST_CUDA
+  GstCudaContext *cuda_ctx;     /* stage 0's GPU's primary context, shared through GstContext */
+  gint cuda_device;             /* stage 0's GPU, -1 when the stages run on CPU cores */
+  gboolean in_cuda;             /* the negotiated caps carry memory:CUDAMemory */
+  gboolean cuda_fallback_logged;
+#endif
   GstBufferPool *tensor_pool;
   GstQueueArray *items;
   GstSegment segment;
@@ -315,6 +339,10 @@ static gboolean gst_partimenet_sink_event (GstPad * pad, GstObject * parent,
     GstEvent * event);
 static gboolean gst_partimenet_src_event (GstPad * pad, GstObject * parent,
     GstEvent * event);
+#ifdef HAVE_GST_CUDA
+static gboolean gst_partimenet_cuda_frame (GstPartimenet * self,
+    GstBuffer * buf, GstVideoFrame * vf, pt_device_frame * df);
+#endif
 static gboolean gst_partimenet_sink_query (GstPad * pad, GstObject * parent,
     GstQuery * query);
 static gboolean gst_partimenet_src_query (GstPad * pad, GstObject * parent,
@@ -1815,6 +1843,12 @@ gst_partimenet_chain (GstPad * pad, GstObject * parent, GstBuffer * buf)
   guint64 index;
   guint interval, popped = 0;
   gint64 t0;
+  gboolean on_gpu = FALSE;
+  pt_status pushed;
+#ifdef HAVE_GST_CUDA
+  GstVideoFrame gpu_frame;
+  pt_device_frame dev_frame;
+#endif
 
   ret = gst_partimenet_tick_boundary (self);
   if (ret != GST_FLOW_OK && ret != GST_FLOW_NOT_LINKED) {
@@ -1866,8 +1900,11 @@ gst_partimenet_chain (GstPad * pad, GstObject * parent, GstBuffer * buf)
   }
 
   t0 = g_get_monotonic_time ();
+#ifdef HAVE_GST_CUDA
+  on_gpu = gst_partimenet_cuda_frame (self, buf, &gpu_frame, &dev_frame);
+#endif
   /* only a copy here: stage 0 converts it (gst_partimenet_preprocess) */
-  if (!gst_partimenet_pack_frame (self, buf)) {
+  if (!on_gpu && !gst_partimenet_pack_frame (self, buf)) {
     GST_ELEMENT_ERROR (self, STREAM, FORMAT, ("Cannot read the video frame"),
         ("buffer of %" G_GSIZE_FORMAT " bytes for %s", gst_buffer_get_size (buf),
             gst_video_format_to_string (GST_VIDEO_INFO_FORMAT
@@ -1902,8 +1939,17 @@ gst_partimenet_chain (GstPad * pad, GstObject * parent, GstBuffer * buf)
     }
   }
 
-  if (pt_stream_push_raw (self->eng->stream, self->raw, self->raw_size, tp,
-          buf) != PT_OK) {
+  if (on_gpu) {
+#ifdef HAVE_GST_CUDA
+    /* converted on stage 0's GPU before the call returns: the frame can be unmapped */
+    pushed = pt_stream_push_device (self->eng->stream, &dev_frame, tp, buf);
+    gst_video_frame_unmap (&gpu_frame);
+#endif
+  } else {
+    pushed = pt_stream_push_raw (self->eng->stream, self->raw, self->raw_size,
+        tp, buf);
+  }
+  if (pushed != PT_OK) {
     GST_ELEMENT_ERROR (self, STREAM, FAILED, ("The network failed on frame %"
             G_GUINT64_FORMAT ": %s", index,
             pt_stream_last_error (self->eng->stream)), (NULL));
@@ -1976,6 +2022,10 @@ gst_partimenet_set_caps (GstPartimenet * self, GstCaps * caps)
   }
   self->in_info = info;
   self->have_info = TRUE;
+#ifdef HAVE_GST_CUDA
+  self->in_cuda = gst_caps_features_contains (gst_caps_get_features (caps, 0),
+      GST_CAPS_FEATURE_MEMORY_CUDA_MEMORY);
+#endif
   if (layout_changed && (!gst_partimenet_setup_converter (self, &error)
           || !gst_partimenet_fit_raw (self, &error))) {
     post_gerror (self, GST_MESSAGE_ERROR, error, NULL);
@@ -2075,6 +2125,12 @@ gst_partimenet_sink_query (GstPad * pad, GstObject * parent, GstQuery * query)
 {
   GstPartimenet *self = GST_PARTIMENET (parent);
 
+#ifdef HAVE_GST_CUDA
+  if (GST_QUERY_TYPE (query) == GST_QUERY_CONTEXT
+      && gst_cuda_handle_context_query (GST_ELEMENT (self), query,
+          self->cuda_ctx))
+    return TRUE;
+#endif
   switch (GST_QUERY_TYPE (query)) {
     case GST_QUERY_ALLOCATION:{
       guint i, n, extra;
@@ -2107,6 +2163,12 @@ gst_partimenet_src_query (GstPad * pad, GstObject * parent, GstQuery * query)
 {
   GstPartimenet *self = GST_PARTIMENET (parent);
 
+#ifdef HAVE_GST_CUDA
+  if (GST_QUERY_TYPE (query) == GST_QUERY_CONTEXT
+      && gst_cuda_handle_context_query (GST_ELEMENT (self), query,
+          self->cuda_ctx))
+    return TRUE;
+#endif
   switch (GST_QUERY_TYPE (query)) {
     case GST_QUERY_LATENCY:{
       gboolean live;
@@ -2300,6 +2362,100 @@ gst_partimenet_stop (GstPartimenet * self)
   self->have_info = FALSE;
 }
 
+#ifdef HAVE_GST_CUDA
+/* With stage 0 on GPU N, wraps N's primary context (the one libpartime runs in) and offers it to
+ * the pipeline, so that upstream CUDA elements allocate their frames where stage 0 can read them.
+ * Without a usable GPU nothing happens: frames in GPU memory are then downloaded. */
+static void
+gst_partimenet_cuda_open (GstPartimenet * self)
+{
+  gchar *devices;
+  gint device = -1;
+  void *ctx = NULL;
+  int cu_device = 0;
+  pt_error err;
+
+  GST_OBJECT_LOCK (self);
+  devices = g_strdup (self->devices);
+  GST_OBJECT_UNLOCK (self);
+  if (devices && g_str_has_prefix (devices, "cuda"))
+    device = devices[4] == ':' ? (gint) g_ascii_strtoll (devices + 5, NULL, 10) : 0;
+  g_free (devices);
+  self->cuda_device = device;
+  if (device < 0 || self->cuda_ctx)
+    return;
+  pt_error_clear (&err);
+  if (pt_cuda_primary_context (device, &ctx, &cu_device, &err) != PT_OK
+      || !gst_cuda_load_library ()) {
+    GST_INFO_OBJECT (self, "no CUDA context to share: %s", err.msg);
+    return;
+  }
+  self->cuda_ctx = gst_cuda_context_new_wrapped ((CUcontext) ctx,
+      (CUdevice) cu_device);
+  if (self->cuda_ctx) {
+    GstContext *c = gst_context_new_cuda_context (self->cuda_ctx);
+    gst_element_post_message (GST_ELEMENT (self),
+        gst_message_new_have_context (GST_OBJECT (self), c));
+    GST_INFO_OBJECT (self, "sharing cuda:%d's primary context", device);
+  }
+}
+
+static void
+gst_partimenet_set_context (GstElement * element, GstContext * context)
+{
+  GstPartimenet *self = GST_PARTIMENET (element);
+
+  /* ours, when we have one: stage 0 reads frames in its own context */
+  if (self->cuda_device >= 0 && !self->cuda_ctx)
+    gst_cuda_handle_set_context (element, context, self->cuda_device,
+        &self->cuda_ctx);
+  GST_ELEMENT_CLASS (gst_partimenet_parent_class)->set_context (element,
+      context);
+}
+
+/* Maps a frame in GPU memory for pt_stream_push_device when stage 0 can read it in place: GPU
+ * stages, our context, the model's size, packed RGB. FALSE: use the host path (which downloads). */
+static gboolean
+gst_partimenet_cuda_frame (GstPartimenet * self, GstBuffer * buf,
+    GstVideoFrame * vf, pt_device_frame * df)
+{
+  const Engine *e = self->eng;
+  GstMemory *mem = gst_buffer_n_memory (buf) == 1 ?
+      gst_buffer_peek_memory (buf, 0) : NULL;
+  const GstVideoInfo *info = &self->in_info;
+  gint c;
+
+  if (!self->in_cuda || !self->cuda_ctx || !e || e->C != 3 || !mem
+      || !gst_is_cuda_memory (mem)
+      || gst_cuda_context_get_handle (((GstCudaMemory *) mem)->context) !=
+      gst_cuda_context_get_handle (self->cuda_ctx)
+      || GST_VIDEO_INFO_WIDTH (info) != e->W
+      || GST_VIDEO_INFO_HEIGHT (info) != e->H
+      || !GST_VIDEO_INFO_IS_RGB (info) || GST_VIDEO_INFO_N_PLANES (info) != 1) {
+    if (self->in_cuda && !self->cuda_fallback_logged) {
+      GST_INFO_OBJECT (self, "frames in GPU memory go through the host "
+          "(not in stage 0's context, or not the model's size and packed RGB)");
+      self->cuda_fallback_logged = TRUE;
+    }
+    return FALSE;
+  }
+  if (!gst_video_frame_map (vf, info, buf, GST_MAP_READ | GST_MAP_CUDA))
+    return FALSE;
+  memset (df, 0, sizeof (*df));
+  df->data = GST_VIDEO_FRAME_PLANE_DATA (vf, 0);
+  df->pitch = (size_t) GST_VIDEO_FRAME_PLANE_STRIDE (vf, 0);
+  df->width = e->W;
+  df->height = e->H;
+  df->pixel_stride = GST_VIDEO_FRAME_COMP_PSTRIDE (vf, 0);
+  for (c = 0; c < 3; c++) {
+    df->offset[c] = GST_VIDEO_FRAME_COMP_OFFSET (vf, c);
+    df->a[c] = self->norm_a[c];
+    df->b[c] = self->norm_b[c];
+  }
+  return TRUE;
+}
+#endif
+
 static GstStateChangeReturn
 gst_partimenet_change_state (GstElement * element, GstStateChange transition)
 {
@@ -2307,6 +2463,11 @@ gst_partimenet_change_state (GstElement * element, GstStateChange transition)
   GstStateChangeReturn ret;
 
   switch (transition) {
+#ifdef HAVE_GST_CUDA
+    case GST_STATE_CHANGE_NULL_TO_READY:
+      gst_partimenet_cuda_open (self);
+      break;
+#endif
     case GST_STATE_CHANGE_READY_TO_PAUSED:
       if (!gst_partimenet_start (self)) {
         gst_partimenet_stop (self);
@@ -2329,6 +2490,11 @@ gst_partimenet_change_state (GstElement * element, GstStateChange transition)
     case GST_STATE_CHANGE_PAUSED_TO_READY:
       gst_partimenet_stop (self);
       break;
+#ifdef HAVE_GST_CUDA
+    case GST_STATE_CHANGE_READY_TO_NULL:
+      gst_clear_object (&self->cuda_ctx);
+      break;
+#endif
     default:
       break;
   }
@@ -2707,6 +2873,9 @@ gst_partimenet_class_init (GstPartimenetClass * klass)
   gst_element_class_add_static_pad_template (element_class, &sink_template);
   gst_element_class_add_static_pad_template (element_class, &src_template);
   element_class->change_state = GST_DEBUG_FUNCPTR (gst_partimenet_change_state);
+#ifdef HAVE_GST_CUDA
+  element_class->set_context = GST_DEBUG_FUNCPTR (gst_partimenet_set_context);
+#endif
 
   gst_type_mark_as_plugin_api (GST_TYPE_PARTIMENET_OVERLOAD, 0);
   gst_type_mark_as_plugin_api (GST_TYPE_PARTIMENET_LOSS, 0);
@@ -2720,6 +2889,9 @@ gst_partimenet_class_init (GstPartimenetClass * klass)
 static void
 gst_partimenet_init (GstPartimenet * self)
 {
+#ifdef HAVE_GST_CUDA
+  self->cuda_device = -1;
+#endif
   self->sinkpad = gst_pad_new_from_static_template (&sink_template, "sink");
   gst_pad_set_chain_function (self->sinkpad,
       GST_DEBUG_FUNCPTR (gst_partimenet_chain));

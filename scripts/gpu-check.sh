@@ -35,6 +35,20 @@ if grep -q '"result": "SKIP"' "$build/meson-logs/testlog.json"; then
 fi
 python3 scripts/test_summary.py "$build" || status=1
 
+echo "=== frames straight from GPU memory (cudaupload ! partimenet devices=cuda:0)"
+log=$(mktemp)
+if GST_PLUGIN_PATH="$build/gst" GST_DEBUG=partimenet:5 gst-launch-1.0 videotestsrc num-buffers=100 ! \
+    video/x-raw,format=BGRx,width=64,height=64 ! cudaupload ! partimenet devices=cuda:0 ! \
+    fakesink >"$log" 2>&1 && grep -q "sharing cuda:0's primary context" "$log" &&
+    ! grep -q "go through the host" "$log"; then
+  echo "zero-copy input: ok"
+else
+  echo "zero-copy input: FAILED (log follows)"
+  tail -n 40 "$log"
+  status=1
+fi
+rm -f "$log"
+
 echo "=== benchmarks (partime bench, 500 frames per configuration)"
 models=$(mktemp -d)
 trap 'rm -rf "$models"' EXIT

@@ -117,6 +117,12 @@ typedef struct pt_device_frame {
 pt_status pt_stream_push_device(pt_stream *s, const pt_device_frame *frame,
                                 const pt_target *target, void *user);
 
+/* The primary context of GPU `device` (a CUcontext, and its CUdevice), the one libpartime's GPU
+ * stages run in, so that a frame producer can allocate in it and hand frames over without a copy
+ * (the element shares it through GstContext). PT_ERR_DEVICE when the GPU cannot be used,
+ * PT_ERR_UNSUPPORTED in a build without a real CUDA backend. */
+pt_status pt_cuda_primary_context(int device, void **context, int *cu_device, pt_error *err);
+
 typedef struct pt_result {
   int64_t frame;       /* index of the frame, counted from 0 since creation or the last flush */
   void *user;          /* what was pushed with it */

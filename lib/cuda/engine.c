@@ -47,6 +47,9 @@
 #ifdef PT_HAVE_NCCL
 #include <nccl.h>
 #endif
+#ifndef PT_CUDA_SIM
+#include <cuda.h> /* driver types only: the functions come through the runtime's entry points */
+#endif
 #include "../stream_internal.h"
 #include "engine_kernels.h"
 #include "exec.h"
@@ -351,6 +354,41 @@ void pt_cuda_stream_free(pt_stream *s) {
     free(c);
     g->cu = NULL;
   }
+}
+
+/* ---- the primary context ------------------------------------------------------------------ */
+
+pt_status pt_cuda_primary_context(int device, void **context, int *cu_device, pt_error *err) {
+  pt_status st = pt_cuda_check_device(device, err);
+  if (st) return st;
+#ifdef PT_CUDA_SIM
+  (void)context, (void)cu_device;
+  return pt_error_set(err, PT_ERR_UNSUPPORTED,
+                      "cuda:%d: the simulated devices have no driver contexts", device);
+#else
+  /* the runtime makes the primary context current on first use of the device */
+  cudaError_t e = cudaSetDevice(device);
+  if (e == cudaSuccess) e = cudaFree(NULL);
+  void *get_current = NULL, *device_get = NULL;
+  enum cudaDriverEntryPointQueryResult q1 = cudaDriverEntryPointSymbolNotFound, q2 = q1;
+  if (e == cudaSuccess)
+    e = cudaGetDriverEntryPointByVersion("cuCtxGetCurrent", &get_current, 12000, cudaEnableDefault,
+                                         &q1);
+  if (e == cudaSuccess)
+    e = cudaGetDriverEntryPointByVersion("cuDeviceGet", &device_get, 12000, cudaEnableDefault, &q2);
+  if (e != cudaSuccess || q1 != cudaDriverEntryPointSuccess || q2 != cudaDriverEntryPointSuccess)
+    return pt_error_set(err, PT_ERR_DEVICE,
+                        "cuda:%d: the driver's context calls are out of reach (%s)", device,
+                        cudaGetErrorString(e));
+  CUcontext ctx = NULL;
+  CUdevice dev = 0;
+  if (((CUresult(*)(CUcontext *))get_current)(&ctx) != CUDA_SUCCESS || !ctx ||
+      ((CUresult(*)(CUdevice *, int))device_get)(&dev, device) != CUDA_SUCCESS)
+    return pt_error_set(err, PT_ERR_DEVICE, "cuda:%d: no primary context", device);
+  *context = ctx;
+  *cu_device = (int)dev;
+  return PT_OK;
+#endif
 }
 
 /* ---- frames from device memory ------------------------------------------------------------- */

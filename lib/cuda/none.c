@@ -46,3 +46,9 @@ pt_status pt_cuda_stage_device_frame(pt_stream *s, int si, const pt_device_frame
   (void)s, (void)si, (void)f;
   return PT_ERR_STATE;
 }
+
+pt_status pt_cuda_primary_context(int device, void **context, int *cu_device, pt_error *err) {
+  (void)context, (void)cu_device;
+  return pt_error_set(err, PT_ERR_UNSUPPORTED,
+                      "cuda:%d: this build of libpartime has no CUDA backend", device);
+}

@@ -292,6 +292,34 @@ GST_START_TEST (test_caps_passthrough)
 
 GST_END_TEST;
 
+/* Frames in GPU memory are accepted exactly when the plugin was built with GStreamer's CUDA
+ * library and a CUDA libpartime (they pass through, like system memory). */
+GST_START_TEST (test_caps_cuda_memory)
+{
+  GstElement *e = gst_element_factory_make ("partimenet", NULL);
+  GstPad *sink = gst_element_get_static_pad (e, "sink");
+  GstCaps *tmpl = gst_pad_get_pad_template_caps (sink);
+  GstCaps *cuda = gst_caps_from_string ("video/x-raw(memory:CUDAMemory),"
+      "format=BGRx,width=64,height=64,framerate=30/1");
+
+#ifdef HAVE_GST_CUDA
+  fail_unless (gst_caps_can_intersect (tmpl, cuda), "%" GST_PTR_FORMAT, tmpl);
+#else
+  fail_if (gst_caps_can_intersect (tmpl, cuda), "%" GST_PTR_FORMAT, tmpl);
+#endif
+  gst_caps_unref (cuda);
+  /* planar YUV stays system memory only */
+  cuda = gst_caps_from_string ("video/x-raw(memory:CUDAMemory),"
+      "format=NV12,width=64,height=64,framerate=30/1");
+  fail_if (gst_caps_can_intersect (tmpl, cuda), "%" GST_PTR_FORMAT, tmpl);
+  gst_caps_unref (cuda);
+  gst_caps_unref (tmpl);
+  gst_object_unref (sink);
+  gst_object_unref (e);
+}
+
+GST_END_TEST;
+
 /* Results survive conversion and scaling downstream. */
 GST_START_TEST (test_meta_survives_downstream_conversion)
 {
@@ -1981,6 +2009,7 @@ partimenet_suite (void)
   tcase_add_test (tc, test_formats_and_sizes);
   tcase_add_test (tc, test_gray_and_rgba_models);
   tcase_add_test (tc, test_caps_passthrough);
+  tcase_add_test (tc, test_caps_cuda_memory);
   tcase_add_test (tc, test_meta_survives_downstream_conversion);
   tcase_add_test (tc, test_timestamps_flags_metas);
   tcase_add_test (tc, test_lag_and_drain);
