@@ -343,6 +343,8 @@ static gboolean gst_partimenet_src_event (GstPad * pad, GstObject * parent,
 static gboolean gst_partimenet_cuda_frame (GstPartimenet * self,
     GstBuffer * buf, GstVideoFrame * vf, pt_device_frame * df);
 #endif
+static gboolean gst_partimenet_context_query (GstPartimenet * self,
+    GstQuery * query);
 static gboolean gst_partimenet_sink_query (GstPad * pad, GstObject * parent,
     GstQuery * query);
 static gboolean gst_partimenet_src_query (GstPad * pad, GstObject * parent,
@@ -2120,17 +2122,26 @@ gst_partimenet_src_event (GstPad * pad, GstObject * parent, GstEvent * event)
   return gst_pad_event_default (pad, parent, event);
 }
 
+/* Answers a context query with the GPU context the element shares, if any. */
+static gboolean
+gst_partimenet_context_query (GstPartimenet * self, GstQuery * query)
+{
+#ifdef HAVE_GST_CUDA
+  return GST_QUERY_TYPE (query) == GST_QUERY_CONTEXT
+      && gst_cuda_handle_context_query (GST_ELEMENT (self), query,
+      self->cuda_ctx);
+#else
+  return FALSE;
+#endif
+}
+
 static gboolean
 gst_partimenet_sink_query (GstPad * pad, GstObject * parent, GstQuery * query)
 {
   GstPartimenet *self = GST_PARTIMENET (parent);
 
-#ifdef HAVE_GST_CUDA
-  if (GST_QUERY_TYPE (query) == GST_QUERY_CONTEXT
-      && gst_cuda_handle_context_query (GST_ELEMENT (self), query,
-          self->cuda_ctx))
+  if (gst_partimenet_context_query (self, query))
     return TRUE;
-#endif
   switch (GST_QUERY_TYPE (query)) {
     case GST_QUERY_ALLOCATION:{
       guint i, n, extra;
@@ -2163,12 +2174,8 @@ gst_partimenet_src_query (GstPad * pad, GstObject * parent, GstQuery * query)
 {
   GstPartimenet *self = GST_PARTIMENET (parent);
 
-#ifdef HAVE_GST_CUDA
-  if (GST_QUERY_TYPE (query) == GST_QUERY_CONTEXT
-      && gst_cuda_handle_context_query (GST_ELEMENT (self), query,
-          self->cuda_ctx))
+  if (gst_partimenet_context_query (self, query))
     return TRUE;
-#endif
   switch (GST_QUERY_TYPE (query)) {
     case GST_QUERY_LATENCY:{
       gboolean live;
