@@ -21,6 +21,7 @@
 #include "cpu/ops.h"
 #include "cuda/exec.h"
 #include "pt_test.h"
+#include "cuda_test.h"
 
 #define TOL 1e-5
 
@@ -1036,21 +1037,8 @@ static void test_copy_if(cudaStream_t s) {
 }
 
 int main(void) {
-  pt_error err;
-  pt_error_clear(&err);
-  if (pt_cuda_check_device(0, &err)) {
-#ifdef PT_CUDA_SIM
-    CHECK(0, "the simulated device is missing: %s", err.msg);
-    PT_TEST_END();
-#else
-    /* the real runtime without a usable GPU: skipped, once the error is the clear one */
-    printf("skipped: %s\n", err.msg);
-    return strstr(err.msg, "cuda:0") &&
-                   (strstr(err.msg, "no CUDA GPU") || strstr(err.msg, "driver"))
-               ? 77
-               : 1;
-#endif
-  }
+  int gate = pt_cuda_test_gate();
+  if (gate >= 0) return gate;
   cudaStream_t s = NULL;
   REQUIRE(cudaStreamCreate(&s) == cudaSuccess, "cudaStreamCreate failed");
   test_axpy_fill(s);

@@ -18,6 +18,7 @@
 #include "cuda/exec.h"
 #include "graph.h"
 #include "pt_test.h"
+#include "cuda_test.h"
 
 static const char *dir;
 static int gpus;      /* devices present; with one, every layout runs on cuda:0 */
@@ -507,23 +508,12 @@ int main(int argc, char **argv) {
     return 2;
   }
   dir = argv[1];
-  pt_error err;
-  pt_error_clear(&err);
   if (argc > 2 && strcmp(argv[2], "--no-device") == 0) {
     expect_stream_error("cuda:0", "cuda:0", "no CUDA GPU");
     PT_TEST_END();
   }
-  if (pt_cuda_check_device(0, &err)) {
-#ifdef PT_CUDA_SIM
-    CHECK(0, "the simulated devices are missing: %s", err.msg);
-    PT_TEST_END();
-#else
-    int clear =
-        strstr(err.msg, "cuda:0") && (strstr(err.msg, "no CUDA GPU") || strstr(err.msg, "driver"));
-    printf("skipped: %s\n", err.msg);
-    return clear ? 77 : 1;
-#endif
-  }
+  int gate = pt_cuda_test_gate();
+  if (gate >= 0) return gate;
   cudaGetDeviceCount(&gpus);
 #ifdef PT_CUDA_SIM
   CHECK(gpus == 2, "the simulation has %d devices, the layouts want 2", gpus);

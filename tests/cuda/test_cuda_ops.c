@@ -13,6 +13,7 @@
 #include "cuda/exec.h"
 #include "exec.h"
 #include "pt_test.h"
+#include "cuda_test.h"
 
 #define TOL 2e-5
 
@@ -133,20 +134,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s MODEL_DIR\n", argv[0]);
     return 2;
   }
-  pt_error err;
-  pt_error_clear(&err);
-  if (pt_cuda_check_device(0, &err)) {
-#ifdef PT_CUDA_SIM
-    CHECK(0, "the simulated device is missing: %s", err.msg);
-    PT_TEST_END();
-#else
-    /* the real runtime on a machine without a usable GPU: the error must say which and why */
-    int clear =
-        strstr(err.msg, "cuda:0") && (strstr(err.msg, "no CUDA GPU") || strstr(err.msg, "driver"));
-    printf("skipped: %s\n", err.msg);
-    return clear ? 77 : 1;
-#endif
-  }
+  int gate = pt_cuda_test_gate();
+  if (gate >= 0) return gate;
   char list[1024];
   snprintf(list, sizeof list, "%s/ops.txt", argv[1]);
   FILE *f = fopen(list, "r");
