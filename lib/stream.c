@@ -566,6 +566,16 @@ static bool frame_loss(pt_stream *s, slot *sl, const float *out, float *dloss, f
   return false;
 }
 
+void pt_stream_convert_raw(pt_stream *s, slot *sl) {
+  if (sl->raw < 0) return;
+  s->o.preprocess(s->o.preprocess_user, s->raw[sl->raw], sl->raw_n, sl->input);
+  pthread_mutex_lock(&s->mu);
+  s->raw_busy[sl->raw] = false;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  sl->raw = -1;
+}
+
 static void run_tick(stage *g, int64_t k, const tick_desc *td) {
   pt_stream *s = g->s;
   pt_model *m = s->m;
@@ -581,14 +591,7 @@ static void run_tick(stage *g, int64_t k, const tick_desc *td) {
   slot *sl = &s->slots[td->slot];
   double t0 = pt_now_s();
   g->ticks_real++;
-  if (j == 0 && sl->raw >= 0) {
-    s->o.preprocess(s->o.preprocess_user, s->raw[sl->raw], sl->raw_n, sl->input);
-    pthread_mutex_lock(&s->mu);
-    s->raw_busy[sl->raw] = false;
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-    sl->raw = -1;
-  }
+  if (j == 0) pt_stream_convert_raw(s, sl);
 
   /* Bind the inputs and the outputs that cross to the next stage (written in place). */
   for (int i = 0; i < g->n_ext; i++) {

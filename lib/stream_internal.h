@@ -121,6 +121,9 @@ struct pt_stream {
 double pt_now_s(void); /* monotonic seconds */
 void pt_stream_log(pt_stream *s, pt_log_level lvl, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Stage 0: converts the slot's raw frame (if it came by push_raw) into its input and frees the raw
+ * buffer for the next push. */
+void pt_stream_convert_raw(pt_stream *s, slot *sl);
 /* The index of value v in boundary b, -1 if it does not cross there. */
 int pt_boundary_index(const boundary *b, int v);
 

@@ -782,14 +782,7 @@ void pt_cuda_run_tick(stage *g, int64_t k, const tick_desc *td) {
   slot *sl = &s->slots[td->slot];
   double t0 = pt_now_s();
   g->ticks_real++;
-  if (j == 0 && sl->raw >= 0) {
-    s->o.preprocess(s->o.preprocess_user, s->raw[sl->raw], sl->raw_n, sl->input);
-    pthread_mutex_lock(&s->mu);
-    s->raw_busy[sl->raw] = false;
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-    sl->raw = -1;
-  }
+  if (j == 0) pt_stream_convert_raw(s, sl);
 
   /* What changes per tick, into fixed buffers: the frame, the target, the neighbours'
    * boundaries when they live on another device. */
