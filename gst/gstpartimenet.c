@@ -1012,7 +1012,12 @@ gst_partimenet_post_model_message (GstPartimenet * self, const Engine * e)
     g_value_init (&v, G_TYPE_STRING);
     g_value_set_string (&v, st->stage[j].device);
     gst_value_list_append_and_take_value (&devs, &v);
-    r = g_strdup_printf ("%d-%d", st->stage[j].first_node,
+    /* "0-8+16": nodes 0-8 and output channels 0-15 of node 9 */
+    r = st->stage[j].split_channels ?
+        g_strdup_printf ("%d-%d+%d", st->stage[j].first_node,
+        st->stage[j].first_node + st->stage[j].n_nodes - 1,
+        st->stage[j].split_channels) : g_strdup_printf ("%d-%d",
+        st->stage[j].first_node,
         st->stage[j].first_node + st->stage[j].n_nodes - 1);
     g_value_init (&v, G_TYPE_STRING);
     g_value_take_string (&v, r);
@@ -1097,7 +1102,11 @@ gst_partimenet_fit_raw (GstPartimenet * self, GError ** error)
   pt_stream_get_stats (self->eng->stream, st);
   balance = g_string_new (NULL);
   for (j = 0; j < st->stages; j++)
+  {
     g_string_append_printf (balance, j ? ",%d" : "%d", st->stage[j].n_nodes);
+    if (st->stage[j].split_channels)
+      g_string_append_printf (balance, "+%d", st->stage[j].split_channels);
+  }
   g_free (st);
   GST_DEBUG_OBJECT (self, "frames of %" G_GSIZE_FORMAT " bytes need a new "
       "stream (the running one takes %" G_GSIZE_FORMAT "); balance %s",
@@ -2787,7 +2796,8 @@ gst_partimenet_class_init (GstPartimenetClass * klass)
   g_object_class_install_property (gobject_class, PROP_BALANCE,
       g_param_spec_string ("balance", "Balance",
           "How to cut the network into stages: 'auto' (balanced by measured "
-          "cost) or node counts per stage such as '3,4,-1' (-1: the rest)",
+          "cost) or node counts per stage such as '3,4,-1' (-1: the rest); "
+          "'9+16,-1' also gives the first stage output channels 0-15 of node 9",
           DEFAULT_BALANCE, rw | GST_PARAM_MUTABLE_READY));
   g_object_class_install_property (gobject_class, PROP_TRAIN,
       g_param_spec_boolean ("train", "Train",

@@ -12,9 +12,12 @@
 #include <time.h>
 #include "exec.h"
 #include "partition.h"
+#include "split.h"
 
 #define PT_CUT_S_PER_FLOAT 0.25e-9
 #define PT_PREFERRED_SLACK 1.05
+/* what the Concat joining a split convolution's halves costs per output float (a copy) */
+#define PT_CONCAT_S_PER_FLOAT 0.5e-9
 
 static double now_s(void) {
   struct timespec ts;
@@ -117,46 +120,64 @@ bool pt_cut_is_preferred(const pt_model *m, int i) {
   switch (n->op) {
   case PT_OP_UNARY:
   case PT_OP_MAXPOOL:
-  case PT_OP_AVGPOOL: return true;
+  case PT_OP_AVGPOOL:
+    return true;
   case PT_OP_COPY: /* a flatten or reshape right after a preferred cut point keeps it preferred */
     return n->in[0] >= 0 && m->vals[n->in[0]].producer >= 0 &&
            pt_cut_is_preferred(m, m->vals[n->in[0]].producer);
-  default: return false;
+  default:
+    return false;
   }
 }
 
 static pt_status parse_balance(const pt_model *m, int D, const char *balance, pt_partition *p,
                                pt_error *err) {
-  int n = m->n_nodes, counts[64], k = 0, rest = -1;
+  int n = m->n_nodes, counts[64], split[64] = {0}, k = 0, rest = -1;
   const char *s = balance;
   while (*s) {
     char *end;
     long c = strtol(s, &end, 10);
     if (end == s || (c < 1 && c != -1) || k >= 64)
       return pt_error_set(err, PT_ERR_INVALID,
-                          "balance '%s': expected 'auto' or node counts like '3,4,-1'", balance);
+                          "balance '%s': expected 'auto' or node counts like '3,4,-1' or '9+16,-1'",
+                          balance);
     if (c == -1) {
       if (rest >= 0)
         return pt_error_set(err, PT_ERR_INVALID, "balance '%s': only one -1 is allowed", balance);
       rest = k;
     }
+    if (*end == '+') {
+      const char *cs = end + 1;
+      long ch = strtol(cs, &end, 10);
+      if (end == cs || ch < 1 || c == -1)
+        return pt_error_set(err, PT_ERR_INVALID,
+                            "balance '%s': '+C' follows a node count and names C >= 1 output "
+                            "channels of the next node, as in '9+16,-1'",
+                            balance);
+      split[k] = (int)ch;
+    }
     counts[k++] = (int)c;
     s = end;
-    if (*s == ',') s++;
+    if (*s == ',')
+      s++;
     else if (*s)
       return pt_error_set(err, PT_ERR_INVALID, "balance '%s': unexpected '%c'", balance, *s);
   }
   if (k != D)
     return pt_error_set(err, PT_ERR_INVALID, "balance '%s' lists %d stages but %d were asked for",
                         balance, k, D);
+  if (split[D - 1])
+    return pt_error_set(err, PT_ERR_INVALID,
+                        "balance '%s': the last stage has no next stage to share a node with",
+                        balance);
   int sum = 0;
   for (int i = 0; i < k; i++)
     if (i != rest) sum += counts[i];
   if (rest >= 0) {
     if (sum >= n)
       return pt_error_set(err, PT_ERR_INVALID,
-                          "balance '%s': %d nodes before -1 leave nothing of the model's %d", balance,
-                          sum, n);
+                          "balance '%s': %d nodes before -1 leave nothing of the model's %d",
+                          balance, sum, n);
     counts[rest] = n - sum;
     sum = n;
   }
@@ -165,7 +186,101 @@ static pt_status parse_balance(const pt_model *m, int D, const char *balance, pt
                         sum, m->name, n);
   p->first[0] = 0;
   for (int i = 0; i < D; i++) p->first[i + 1] = p->first[i] + counts[i];
+  for (int i = 0; i + 1 < D; i++) {
+    if (!split[i]) continue;
+    int node = p->first[i + 1];
+    const char *why = pt_split_refusal(m, node, split[i]);
+    if (why)
+      return pt_error_set(err, PT_ERR_INVALID,
+                          "balance '%s': node %d ('%s') cannot be split at %d "
+                          "output channels: %s",
+                          balance, node, m->nodes[node].name, split[i], why);
+    if (i > 0 && split[i - 1] && p->first[i] == node)
+      return pt_error_set(err, PT_ERR_INVALID,
+                          "balance '%s': stage %d would hold nothing but part of node %d; a node "
+                          "is split between two stages at most",
+                          balance, i, node);
+    p->split[i] = split[i];
+  }
   return PT_OK;
+}
+
+void pt_partition_str(const pt_partition *p, char *buf, size_t n) {
+  size_t used = 0;
+  if (n) buf[0] = '\0';
+  for (int i = 0; i < p->D && used < n; i++) {
+    int k = i + 1 < p->D && p->split[i] ? snprintf(buf + used, n - used, "%s%d+%d", i ? "," : "",
+                                                   p->first[i + 1] - p->first[i], p->split[i])
+                                        : snprintf(buf + used, n - used, "%s%d", i ? "," : "",
+                                                   p->first[i + 1] - p->first[i]);
+    if (k < 0) break;
+    used += (size_t)k;
+  }
+}
+
+/* A place a cut may fall: before node `node` (ch 0), or inside it after output channel ch. */
+typedef struct cut_pos {
+  int node, ch;
+  double pre;  /* cost of everything before the cut */
+  double cut;  /* cost of what crosses the cut */
+  double join; /* a split: the Concat the next stage runs */
+  int bad;     /* how much auto avoids this cut: 0 after an activation or pooling, 1 inside a
+                  convolution whose activation moves with its halves, 2 elsewhere */
+} cut_pos;
+
+/* The cut position before node `node` (ch 0) or inside it after output channel ch; pre_node is the
+ * cost of nodes [0, node). */
+static cut_pos pos_at(const pt_model *m, const double *cost, const int64_t *cf, bool train,
+                      int node, int ch, double pre_node) {
+  int n = m->n_nodes;
+  double both = train ? 2 : 1;
+  if (!ch)
+    return (cut_pos){.node = node,
+                     .pre = pre_node,
+                     .cut = node > 0 && node < n ? cf[node - 1] * PT_CUT_S_PER_FLOAT * both : 0,
+                     .bad = node > 0 && node < n && !pt_cut_is_preferred(m, node - 1) ? 2 : 0};
+  const pt_conv_params *cp = &m->nodes[node].p.conv;
+  const pt_value *y = &m->vals[m->nodes[node].out[0]];
+  int64_t plane = y->numel / cp->OC;
+  int64_t before = node > 0 ? cf[node - 1] : m->vals[m->nodes[node].in[0]].numel;
+  return (cut_pos){.node = node,
+                   .ch = ch,
+                   .pre = pre_node + (cost ? cost[node] : 1.0) * ch / cp->OC,
+                   .cut = (double)(before + ch * plane) * PT_CUT_S_PER_FLOAT * both,
+                   .join = (double)y->numel * PT_CONCAT_S_PER_FLOAT * both,
+                   .bad = pt_split_carries_act(m, node) ? 1 : 2};
+}
+
+/* Every position a cut may take, in order; NULL when out of memory. Inside a node only where
+ * costs are measured (auto). */
+static cut_pos *cut_positions(const pt_model *m, const double *cost, const int64_t *cf, bool train,
+                              int *n_pos) {
+  int n = m->n_nodes, cap = n + 1;
+  for (int i = 0; i < n && cost; i++) {
+    int step = pt_split_step(m, i);
+    if (step) cap += m->nodes[i].p.conv.OC / step;
+  }
+  cut_pos *ps = calloc((size_t)cap, sizeof *ps);
+  if (!ps) return NULL;
+  double pre = 0;
+  int k = 0;
+  for (int e = 0; e <= n; e++) {
+    ps[k++] = pos_at(m, cost, cf, train, e, 0, pre);
+    if (e == n) break;
+    int step = cost ? pt_split_step(m, e) : 0;
+    for (int ch = step; step && ch < m->nodes[e].p.conv.OC; ch += step)
+      ps[k++] = pos_at(m, cost, cf, train, e, ch, pre);
+    pre += cost ? cost[e] : 1.0;
+  }
+  *n_pos = k;
+  return ps;
+}
+
+/* A stage from position a to position b is possible when it holds something and does not take two
+ * parts of one node (a node is split between two stages at most). */
+static bool stage_ok(const cut_pos *a, const cut_pos *b) {
+  if (b->node < a->node || (b->node == a->node && b->ch <= a->ch)) return false;
+  return !(a->ch && b->ch && a->node == b->node);
 }
 
 pt_status pt_partition_make(const pt_model *m, int D, const char *balance, const double *cost,
@@ -179,53 +294,65 @@ pt_status pt_partition_make(const pt_model *m, int D, const char *balance, const
     return pt_error_set(err, PT_ERR_INVALID, "%d stages asked for but %s has only %d nodes", D,
                         m->name, n);
   pt_status st = PT_OK;
-  double *pre = calloc(n + 1, sizeof *pre), *cut = calloc(n, sizeof *cut);
+  int np = 0;
   int64_t *cf = calloc(n, sizeof *cf);
-  double *best = calloc((size_t)(D + 1) * (n + 1), sizeof *best);
-  int *arg = calloc((size_t)(D + 1) * (n + 1), sizeof *arg);
-  if (!pre || !cut || !cf || !best || !arg) {
+  cut_pos *ps = NULL;
+  double *best = NULL;
+  int *arg = NULL;
+  if (cf) {
+    cut_floats_all(m, cf);
+    ps = cut_positions(m, cost, cf, train, &np);
+  }
+  if (ps) {
+    best = calloc((size_t)(D + 1) * np, sizeof *best);
+    arg = calloc((size_t)(D + 1) * np, sizeof *arg);
+  }
+  if (!cf || !ps || !best || !arg) {
     st = pt_error_set(err, PT_ERR_NOMEM, "out of memory partitioning %s", m->name);
     goto out;
   }
-  cut_floats_all(m, cf);
-  for (int i = 0; i < n; i++) {
-    pre[i + 1] = pre[i] + (cost ? cost[i] : 1.0);
-    cut[i] = cf[i] * PT_CUT_S_PER_FLOAT * (train ? 2 : 1);
-  }
-  p->node_total = cost ? pre[n] : NAN;
-#define B(s, e) best[(size_t)(s) * (n + 1) + (e)]
-#define A(s, e) arg[(size_t)(s) * (n + 1) + (e)]
-  /* stage cost of nodes [a, e): its nodes plus the cut after it (none after the last node) */
-#define SC(a, e) (pre[e] - pre[a] + ((e) < n ? cut[(e) - 1] : 0.0))
+  p->node_total = cost ? ps[np - 1].pre : NAN;
+#define B(s, e) best[(size_t)(s)*np + (e)]
+#define A(s, e) arg[(size_t)(s)*np + (e)]
+  /* stage cost from position a to position e: its nodes, the Concat of a split it finishes, and
+   * the cut after it (none after the last node) */
+#define SC(a, e) (ps[e].pre - ps[a].pre + ps[a].join + ((e) < np - 1 ? ps[e].cut : 0.0))
   if (balance && strcmp(balance, "auto") != 0) {
     st = parse_balance(m, D, balance, p, err);
   } else {
-    /* B(s, e): the least possible maximum stage cost of nodes [0, e) in s stages */
+    /* B(s, e): the least possible maximum stage cost up to position e in s stages */
     for (int s = 0; s <= D; s++)
-      for (int e = 0; e <= n; e++) B(s, e) = INFINITY;
+      for (int e = 0; e < np; e++) B(s, e) = INFINITY;
     B(0, 0) = 0;
     for (int s = 1; s <= D; s++)
-      for (int e = s; e <= n - (D - s); e++)
-        for (int a = s - 1; a < e; a++) {
+      for (int e = 1; e < np; e++)
+        for (int a = 0; a < e; a++) {
+          if (!isfinite(B(s - 1, a)) || !stage_ok(&ps[a], &ps[e])) continue;
           double c = fmax(B(s - 1, a), SC(a, e));
           if (c < B(s, e)) {
             B(s, e) = c;
             A(s, e) = a;
           }
         }
-    double limit = B(D, n) * PT_PREFERRED_SLACK + 1e-12;
-    /* Second pass: fewest non-preferred cuts among partitions whose every stage fits in limit;
-     * ties broken by the smaller maximum. B now holds (bad cuts, max) packed as bad*1e6 + max. */
+    if (!isfinite(B(D, np - 1))) {
+      st = pt_error_set(err, PT_ERR_INVALID, "%d stages asked for but %s has only %d nodes", D,
+                        m->name, n);
+      goto out;
+    }
+    double limit = B(D, np - 1) * PT_PREFERRED_SLACK + 1e-12;
+    /* Second pass: the least avoided cuts among partitions whose every stage fits in limit; ties
+     * broken by the smaller maximum. B now holds (bad, max) packed as bad*1e6 + max. */
     for (int s = 0; s <= D; s++)
-      for (int e = 0; e <= n; e++) B(s, e) = INFINITY;
+      for (int e = 0; e < np; e++) B(s, e) = INFINITY;
     B(0, 0) = 0;
     for (int s = 1; s <= D; s++)
-      for (int e = s; e <= n - (D - s); e++)
-        for (int a = s - 1; a < e; a++) {
+      for (int e = 1; e < np; e++)
+        for (int a = 0; a < e; a++) {
+          if (!isfinite(B(s - 1, a)) || !stage_ok(&ps[a], &ps[e])) continue;
           double c = SC(a, e);
-          if (c > limit || !isfinite(B(s - 1, a))) continue;
+          if (c > limit) continue;
           double prev = B(s - 1, a);
-          double bad = floor(prev / 1e6) + (e < n && !pt_cut_is_preferred(m, e - 1) ? 1 : 0);
+          double bad = floor(prev / 1e6) + (e < np - 1 ? ps[e].bad : 0);
           double mx = fmax(prev - floor(prev / 1e6) * 1e6, c);
           double v = bad * 1e6 + mx;
           if (v < B(s, e)) {
@@ -234,19 +361,33 @@ pt_status pt_partition_make(const pt_model *m, int D, const char *balance, const
           }
         }
     p->first[D] = n;
-    for (int s = D, e = n; s > 0; s--) {
+    for (int s = D, e = np - 1; s > 0; s--) {
       e = A(s, e);
-      p->first[s - 1] = e;
+      p->first[s - 1] = ps[e].node;
+      if (s > 1) p->split[s - 2] = ps[e].ch;
     }
   }
-  if (!st)
-    for (int i = 0; i < D; i++) p->cost[i] = cost ? SC(p->first[i], p->first[i + 1]) : NAN;
+  if (!st && cost) {
+    double pre = 0;
+    int k = 0;
+    cut_pos ends[65];
+    for (int e = 0; e <= n && k <= D; e++) {
+      while (k <= D && p->first[k] == e) {
+        ends[k] = pos_at(m, cost, cf, train, e, k > 0 && k < D ? p->split[k - 1] : 0, pre);
+        k++;
+      }
+      if (e < n) pre += cost[e];
+    }
+    for (int i = 0; i < D; i++)
+      p->cost[i] = ends[i + 1].pre - ends[i].pre + ends[i].join + (i + 1 < D ? ends[i + 1].cut : 0);
+  } else if (!st) {
+    for (int i = 0; i < D; i++) p->cost[i] = NAN;
+  }
 #undef B
 #undef A
 #undef SC
 out:
-  free(pre);
-  free(cut);
+  free(ps);
   free(cf);
   free(best);
   free(arg);

@@ -34,6 +34,7 @@
 #include <partime/stream.h>
 #include "exec.h"
 #include "partition.h"
+#include "split.h"
 #include "stream_internal.h"
 
 double pt_now_s(void) {
@@ -278,6 +279,27 @@ static void host_free(const pt_stream *s, void *p) {
     free(p);
 }
 
+/* "nodes 0-8 and channels 0-15 of node 9": what stage j runs, in the model's nodes. */
+static void stage_nodes_str(const pt_stream *s, int j, char *buf, size_t n) {
+  const stage *g = &s->st[j];
+  int from = g->node_first, to = g->node_end - 1;
+  int in = j > 0 ? s->st[j - 1].split : 0;
+  size_t used = 0;
+  buf[0] = '\0';
+  if (in) {
+    int oc = s->model->nodes[from].p.conv.OC;
+    used += (size_t)snprintf(buf, n, "channels %d-%d of node %d", in, oc - 1, from);
+    from++;
+  }
+  if (from == to && used < n)
+    used += (size_t)snprintf(buf + used, n - used, "%snode %d", used ? ", " : "", from);
+  else if (from < to && used < n)
+    used += (size_t)snprintf(buf + used, n - used, "%snodes %d-%d", used ? ", " : "", from, to);
+  if (g->split && used < n)
+    snprintf(buf + used, n - used, "%schannels 0-%d of node %d", used ? " and " : "", g->split - 1,
+             g->node_end);
+}
+
 pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, pt_error *err) {
   *out = NULL;
   pt_stream_opts defaults;
@@ -322,7 +344,7 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
 
   pt_stream *s = calloc(1, sizeof *s);
   if (!s) return pt_error_set(err, PT_ERR_NOMEM, "out of memory");
-  s->m = m;
+  s->m = s->model = m;
   s->o = *o;
   if (o->devices) {
     snprintf(s->devices_copy, sizeof s->devices_copy, "%s", o->devices);
@@ -387,12 +409,28 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
     st = pt_error_set(err, PT_ERR_NOMEM, "out of memory");
     goto fail;
   }
+  /* a convolution split across a cut: the stages run a derived graph */
+  int first[PT_MAX_STAGES + 1];
+  memcpy(first, part.first, sizeof first);
+  for (int j = 0; j + 1 < D; j++)
+    if (part.split[j] && !s->derived) {
+      if ((st = pt_split_derive(m, &part, &s->derived, first, err))) goto fail;
+      s->m = s->derived;
+    }
+  if (D > 1) {
+    char bal[512];
+    pt_partition_str(&part, bal, sizeof bal);
+    pt_stream_log(s, PT_LOG_INFO, "balance %s", bal);
+  }
   for (int j = 0; j < D; j++) {
     stage *g = &s->st[j];
     g->s = s;
     g->j = j;
-    g->first = part.first[j];
-    g->end = part.first[j + 1];
+    g->first = first[j];
+    g->end = first[j + 1];
+    g->node_first = part.first[j];
+    g->node_end = part.first[j + 1];
+    g->split = j + 1 < D ? part.split[j] : 0;
     g->predicted_s = part.cost[j];
     int di = (int)((int64_t)j * G / D);
     snprintf(g->device, sizeof g->device, "%s", dev[di].name);
@@ -433,12 +471,11 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
   }
   for (int j = 0; j < D; j++) {
     const stage *g = &s->st[j];
+    char what[160], est[64] = "";
+    stage_nodes_str(s, j, what, sizeof what);
     if (isfinite(g->predicted_s))
-      pt_stream_log(s, PT_LOG_INFO, "stage %d: nodes %d-%d on %s (estimated %.3f ms per tick)", j,
-                    g->first, g->end - 1, g->device, g->predicted_s * 1e3);
-    else
-      pt_stream_log(s, PT_LOG_INFO, "stage %d: nodes %d-%d on %s", j, g->first, g->end - 1,
-                    g->device);
+      snprintf(est, sizeof est, " (estimated %.3f ms per tick)", g->predicted_s * 1e3);
+    pt_stream_log(s, PT_LOG_INFO, "stage %d: %s on %s%s", j, what, g->device, est);
   }
   *out = s;
   return PT_OK;
@@ -489,6 +526,7 @@ void pt_stream_free(pt_stream *s) {
   free(s->bd);
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->cv);
+  pt_split_free(s->derived);
   free(s);
 }
 
@@ -1088,7 +1126,7 @@ pt_status pt_stream_save(pt_stream *s, const char *path) {
   pt_error err;
   pt_error_clear(&err);
   pt_status st = s->cuda ? pt_cuda_stream_sync(s, true, &err) : PT_OK;
-  if (!st) st = pt_model_save(s->m, path, &err);
+  if (!st) st = pt_model_save(s->model, path, &err);
   if (st) fail(s, st, "%s", err.msg);
   return st;
 }
@@ -1113,8 +1151,9 @@ void pt_stream_get_stats(const pt_stream *s, pt_stream_stats *st) {
   for (int j = 0; j < s->D; j++) {
     const stage *g = &s->st[j];
     pt_stage_stats *o = &st->stage[j];
-    o->first_node = g->first;
-    o->n_nodes = g->end - g->first;
+    o->first_node = g->node_first;
+    o->n_nodes = g->node_end - g->node_first;
+    o->split_channels = g->split;
     snprintf(o->device, sizeof o->device, "%s", g->device);
     o->busy_s = g->busy_s;
     o->predicted_s = g->predicted_s;

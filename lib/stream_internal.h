@@ -58,7 +58,8 @@ struct pt_stream;
 
 typedef struct stage {
   struct pt_stream *s;
-  int j, first, end;
+  int j, first, end; /* nodes [first, end) of the graph the stream runs (s->m) */
+  int node_first, node_end, split; /* the same in the model's nodes (pt_partition) */
   pt_exec x;
   struct pt_cuda_stage *cu; /* a CUDA stage's state (cuda/engine.c), NULL on the CPU */
   char device[32];
@@ -78,7 +79,9 @@ typedef struct stage {
 } stage;
 
 struct pt_stream {
-  pt_model *m;
+  pt_model *m;       /* the graph the stages run: the model, or derived from it (split.h) */
+  pt_model *model;   /* the caller's model (saved, named in errors) */
+  pt_model *derived; /* owned when a convolution is split across a cut, else NULL */
   pt_stream_opts o;
   char devices_copy[256];
   int D;

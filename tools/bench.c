@@ -158,7 +158,20 @@ int tool_cmd_balance(int argc, char **argv) {
   printf("model     %s\n", pt_model_name(m));
   printf("mode      %s\n",
          so.train.enabled ? "training (forward + backward + update)" : "inference");
-  printf("stages    %d (balance %s)\n\n", b.stages, o.balance ? o.balance : "auto");
+  char chosen[512] = "";
+  for (int j = 0, used = 0; j < b.stages && used < (int)sizeof chosen; j++) {
+    const pt_stage_stats *sb = &b.stage[j];
+    used += sb->split_channels
+                ? snprintf(chosen + used, sizeof chosen - used, "%s%d+%d", j ? "," : "",
+                           sb->n_nodes, sb->split_channels)
+                : snprintf(chosen + used, sizeof chosen - used, "%s%d", j ? "," : "", sb->n_nodes);
+  }
+  printf("stages    %d (balance %s: %s)\n", b.stages, o.balance ? o.balance : "auto", chosen);
+  for (int j = 0; j < b.stages; j++)
+    if (b.stage[j].split_channels)
+      printf("          stage %d also runs output channels 0-%d of node %d; stage %d the rest\n", j,
+             b.stage[j].split_channels - 1, b.stage[j].first_node + b.stage[j].n_nodes, j + 1);
+  printf("\n");
   printf("%5s  %-8s %-12s %-48s %10s %13s\n", "stage", "device", "nodes", "ops", "cost_ms",
          "predicted_ms");
   double total = 0, worst = 0;
@@ -166,10 +179,10 @@ int tool_cmd_balance(int argc, char **argv) {
     const pt_stage_stats *sb = &b.stage[j], *sa = &a.stage[j];
     int64_t ticks = sb->ticks - sa->ticks;
     double cost = ticks > 0 ? (sb->busy_s - sa->busy_s) / (double)ticks : 0;
-    char range[32], ops[49];
+    char range[40], ops[49];
     if (sb->n_nodes > 0)
-      snprintf(range, sizeof range, "%d-%d (%d)", sb->first_node, sb->first_node + sb->n_nodes - 1,
-               sb->n_nodes);
+      snprintf(range, sizeof range, "%d-%d (%d)%s", sb->first_node,
+               sb->first_node + sb->n_nodes - 1, sb->n_nodes, sb->split_channels ? "+" : "");
     else
       snprintf(range, sizeof range, "none");
     describe_ops(m, sb->first_node, sb->n_nodes, ops, sizeof ops);

@@ -30,7 +30,9 @@ static const char usage_run[] =
     "      --save CKPT.onnx       write the model with its current weights at the end\n"
     "      --stages D             pipeline stages (default 1, or one per device with --devices)\n"
     "      --devices LIST         devices the stages run on, e.g. cpu or cpu,cpu (default cpu)\n"
-    "      --balance B            auto, or node counts per stage such as 3,4,-1 (default auto)\n"
+    "      --balance B            auto, or node counts per stage such as 3,4,-1; 9+16,-1 also "
+    "gives\n"
+    "                             stage 0 channels 0-15 of node 9 (default auto)\n"
     "      --cuda-graphs          on cuda devices, replay each stage's per-frame work as a CUDA\n"
     "                             graph (captured once) instead of launching it piece by piece\n";
 static const char usage_inspect[] =
@@ -120,8 +122,9 @@ static bool parse_count(const char *s, int64_t max, int64_t *out) {
   return true;
 }
 
-/* "auto", or a comma-separated list of node counts (>= 1) where -1 means "the rest". Whether the
- * counts fit the model is the library's to judge. */
+/* "auto", or a comma-separated list of node counts (>= 1) where -1 means "the rest", a count
+ * optionally followed by "+C" (C output channels of the next node). Whether the counts fit the
+ * model is the library's to judge. */
 static bool balance_syntax_ok(const char *s) {
   if (strcmp(s, "auto") == 0) return true;
   const char *p = s;
@@ -129,7 +132,13 @@ static bool balance_syntax_ok(const char *s) {
     char *end;
     errno = 0;
     long v = strtol(p, &end, 10);
-    if (end == p || errno || (v < 1 && v != -1) || (*end != ',' && *end != '\0')) return false;
+    if (end == p || errno || (v < 1 && v != -1)) return false;
+    if (*end == '+' && v >= 1) {
+      const char *c = end + 1;
+      long ch = strtol(c, &end, 10);
+      if (end == c || errno || ch < 1) return false;
+    }
+    if (*end != ',' && *end != '\0') return false;
     if (*end == '\0') return true;
     p = end + 1;
   }

@@ -51,7 +51,9 @@ typedef struct pt_train_opts {
 typedef struct pt_stream_opts {
   int stages;          /* D >= 1; 0 means one stage per device */
   const char *devices; /* "cpu", "cpu,cpu", "cuda:0,cuda:1"; NULL means "cpu" */
-  const char *balance; /* "auto" or node counts "3,4,-1"; NULL means "auto" */
+  const char *balance; /* "auto" or node counts "3,4,-1"; "9+16,-1" also gives the first stage
+                          output channels 0-15 of node 9, whose other channels begin the second
+                          (a convolution split across the cut); NULL means "auto" */
   bool threaded;       /* run each stage on its own worker thread (default true); false runs the
                           same schedule on the calling thread, for tests and tools */
   pt_train_opts train;
@@ -159,6 +161,9 @@ const char *pt_stream_last_error(const pt_stream *s);
 
 typedef struct pt_stage_stats {
   int first_node, n_nodes; /* the stage's node range */
+  int split_channels;      /* > 0: the stage also runs output channels [0, split_channels) of
+                            * node first_node + n_nodes, a convolution it shares with the next
+                            * stage (balance "N+C"), which begins with that node's other channels */
   char device[32];         /* "cpu", "cuda:1" */
   double busy_s;           /* seconds spent computing */
   double predicted_s;      /* the partitioner's cost estimate per tick (seconds) */

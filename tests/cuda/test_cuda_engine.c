@@ -74,6 +74,7 @@ typedef struct run_cfg {
   int untrained_from, untrained_to; /* frames [from, to) enter with training off */
   int hyper_at;                     /* frame from which on the hyperparameters change; 0 never */
   bool some_untargeted;             /* every 7th frame comes without a target */
+  const char *balance;              /* NULL: equal node counts */
 } run_cfg;
 
 typedef struct run_out {
@@ -131,7 +132,7 @@ static run_out run(const run_cfg *c) {
       len += snprintf(balance + len, sizeof balance - len, "%d,", per);
     snprintf(balance + len, sizeof balance - len, "-1");
   }
-  o.balance = balance;
+  o.balance = c->balance ? c->balance : balance;
   o.train.enabled = true;
   o.train.loss = c->loss;
   o.train.optimizer = c->opt;
@@ -281,6 +282,41 @@ static void test_equivalence(bool graphs) {
         free_run(&cpu);
         free_run(&gpu);
       }
+}
+
+/* A convolution split across a cut by output channels (balance "6+8,-1"): GPU stages give the
+ * CPU stages' outputs, losses and weights, on two GPUs and on one, with and without graphs. */
+static void test_split(void) {
+  const char *layouts[] = {"cuda:0,cuda:1", "cuda:1,cuda:1"};
+  for (int li = 0; li < 2; li++)
+    for (int graphs = 0; graphs < 2; graphs++) {
+      run_cfg c = {"convnet.onnx", 2,  NULL, true, PT_LOSS_CROSS_ENTROPY,
+                   PT_OPT_ADAM,    24, -1,   -1,   3};
+      c.balance = "6+8,-1";
+      c.graphs = graphs;
+      run_out cpu = run(&c);
+      c.devices = layouts[li];
+      captures = 0;
+      graph_warning[0] = 0;
+      run_out gpu = run(&c);
+      check_graphs(&c, "split");
+      bool all = gpu.got == c.N && cpu.got == c.N && gpu.nw == cpu.nw;
+      double eo = all ? norm_err(gpu.outputs, cpu.outputs, (int64_t)c.N * cpu.on) : 1e9;
+      double el = all ? norm_err(gpu.losses, cpu.losses, c.N) : 1e9;
+      double ew = all ? norm_err(gpu.weights, cpu.weights, cpu.nw) : 1e9;
+      CHECK(eo < 1e-4 && el < 1e-4 && ew < 1e-4,
+            "balance 6+8,-1 on %s%s: outputs %.3g, losses %.3g, weights %.3g from the CPU run",
+            layouts[li], graphs ? " (graphs)" : "", eo, el, ew);
+      pt_model *fresh = load("convnet.onnx");
+      int64_t n0 = 0;
+      float *w0 = fresh ? weights_of(fresh, &n0) : NULL;
+      CHECK(w0 && n0 == gpu.nw && norm_err(gpu.weights, w0, n0) > 1e-6,
+            "split on %s: the model's weights moved", layouts[li]);
+      free(w0);
+      pt_model_free(fresh);
+      free_run(&cpu);
+      free_run(&gpu);
+    }
 }
 
 /* Non-finite frames: the same skipped updates and restores as on the CPU, finite weights. */
@@ -523,6 +559,7 @@ int main(int argc, char **argv) {
   test_guard(false);
   test_equivalence(true);
   test_guard(true);
+  test_split();
   test_save();
   test_device_frames();
   PT_TEST_END();

@@ -3,6 +3,8 @@
 
 scalar_D.onnx   x (1) -> Mul(w_1) -> ... -> Mul(w_D): the scalar stages of the lag property.
 convnet.onnx    a 12-node conv net on 1x3x16x16 with a 10-way head.
+convnet_split.onnx  the same with its last convolution written as two halves and a Concat.
+three.onnx      three equally heavy conv-relu layers.
 residual.onnx   conv blocks whose skip connections cross any cut between them.
 """
 import sys
@@ -43,24 +45,66 @@ for D in range(1, 7):
     save(g, f"scalar_{D}.onnx")
 
 # convnet: conv-relu x4 (one strided), maxpool, flatten, gemm, relu, gemm
+conv_specs = [(8, 1), (8, 2), (16, 1), (16, 1)]
+conv_ws, c = [], 3
+for oc, s in conv_specs:
+    conv_ws.append((conv_w(oc, c, 3), rng.uniform(-0.1, 0.1, oc)))
+    c = oc
+fc1 = rng.uniform(-0.1, 0.1, (32, 256))
+fc2 = rng.uniform(-0.2, 0.2, (10, 32))
+
+
+def convnet(split_last):
+    """convnet; with split_last, its last convolution written as two halves of 8 output channels
+    (each with its Relu) joined by a Concat, as a stream runs it with balance "6+8,-1"."""
+    nodes, inits = [], []
+    prev = "x"
+    for i, (oc, s) in enumerate(conv_specs):
+        w, b = conv_ws[i]
+        attrs = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[s, s])
+        if split_last and i == len(conv_specs) - 1:
+            halves = []
+            for h, rows in enumerate([slice(0, 8), slice(8, oc)]):
+                sfx = f"/split{h}"
+                inits += [init(f"c{i}.w" + sfx, w[rows]), init(f"c{i}.b" + sfx, b[rows])]
+                nodes.append(helper.make_node("Conv", [prev, f"c{i}.w" + sfx, f"c{i}.b" + sfx],
+                                              [f"c{i}" + sfx], name=f"conv{i}" + sfx, **attrs))
+                nodes.append(helper.make_node("Relu", [f"c{i}" + sfx], [f"r{i}" + sfx],
+                                              name=f"relu{i}" + sfx))
+                halves.append(f"r{i}" + sfx)
+            nodes.append(helper.make_node("Concat", halves, [f"r{i}"], name=f"conv{i}/join", axis=1))
+        else:
+            inits += [init(f"c{i}.w", w), init(f"c{i}.b", b)]
+            nodes.append(helper.make_node("Conv", [prev, f"c{i}.w", f"c{i}.b"], [f"c{i}"],
+                                          name=f"conv{i}", **attrs))
+            nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"))
+        prev = f"r{i}"
+    nodes.append(helper.make_node("MaxPool", [prev], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]))
+    nodes.append(helper.make_node("Flatten", ["p"], ["f"], name="flatten", axis=1))
+    inits += [init("fc1.w", fc1), init("fc1.b", np.zeros(32))]
+    nodes.append(helper.make_node("Gemm", ["f", "fc1.w", "fc1.b"], ["h"], name="fc1", transB=1))
+    nodes.append(helper.make_node("Relu", ["h"], ["hr"], name="relu_fc"))
+    inits += [init("fc2.w", fc2), init("fc2.b", np.zeros(10))]
+    nodes.append(helper.make_node("Gemm", ["hr", "fc2.w", "fc2.b"], ["y"], name="fc2", transB=1))
+    return helper.make_graph(nodes, "convnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+
+
+save(convnet(False), "convnet.onnx")
+save(convnet(True), "convnet_split.onnx")
+
+# three: three equally heavy conv-relu layers, which two whole-layer stages cannot balance
 nodes, inits = [], []
-prev, c = "x", 3
-for i, (oc, s) in enumerate([(8, 1), (8, 2), (16, 1), (16, 1)]):
-    inits += [init(f"c{i}.w", conv_w(oc, c, 3)), init(f"c{i}.b", rng.uniform(-0.1, 0.1, oc))]
-    nodes.append(helper.make_node("Conv", [prev, f"c{i}.w", f"c{i}.b"], [f"c{i}"], name=f"conv{i}",
-                                  kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[s, s]))
-    nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"))
-    prev, c = f"r{i}", oc
-nodes.append(helper.make_node("MaxPool", [prev], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]))
-nodes.append(helper.make_node("Flatten", ["p"], ["f"], name="flatten", axis=1))
-inits += [init("fc1.w", rng.uniform(-0.1, 0.1, (32, 256))), init("fc1.b", np.zeros(32))]
-nodes.append(helper.make_node("Gemm", ["f", "fc1.w", "fc1.b"], ["h"], name="fc1", transB=1))
-nodes.append(helper.make_node("Relu", ["h"], ["hr"], name="relu_fc"))
-inits += [init("fc2.w", rng.uniform(-0.2, 0.2, (10, 32))), init("fc2.b", np.zeros(10))]
-nodes.append(helper.make_node("Gemm", ["hr", "fc2.w", "fc2.b"], ["y"], name="fc2", transB=1))
-g = helper.make_graph(nodes, "convnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
-save(g, "convnet.onnx")
+prev = "x"
+for i in range(3):
+    inits += [init(f"t{i}.w", conv_w(32, 32, 3)), init(f"t{i}.b", rng.uniform(-0.1, 0.1, 32))]
+    nodes.append(helper.make_node("Conv", [prev, f"t{i}.w", f"t{i}.b"], [f"t{i}"], name=f"conv{i}",
+                                  kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    nodes.append(helper.make_node("Relu", [f"t{i}"], [f"u{i}"], name=f"relu{i}"))
+    prev = f"u{i}"
+g = helper.make_graph(nodes, "three", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 24, 24])],
+                      [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 32, 24, 24])], inits)
+save(g, "three.onnx")
 
 # residual: stem conv, then 3 blocks y = relu(x + conv(relu(conv(x)))), then a 1x1 conv head
 nodes, inits = [], []

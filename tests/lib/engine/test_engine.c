@@ -30,8 +30,8 @@ static pt_model *load(const char *name) {
   return m;
 }
 
-static pt_stream *open_stream(pt_model *m, int D, const char *balance, bool threaded,
-                              pt_loss loss, pt_optimizer opt, float lr) {
+static pt_stream *open_stream(pt_model *m, int D, const char *balance, bool threaded, pt_loss loss,
+                              pt_optimizer opt, float lr) {
   pt_stream_opts o;
   pt_stream_opts_init(&o);
   o.stages = D;
@@ -86,12 +86,14 @@ static void test_tick_contract(void) {
           CHECK(st == PT_AGAIN, "D=%d threaded=%d: nothing leaves at tick %d", D, threaded, k);
         } else {
           int t = k - D + 1;
-          CHECK(st == PT_OK && r.frame == t, "D=%d threaded=%d: frame %d leaves at tick %d (got %lld)",
-                D, threaded, t, k, st == PT_OK ? (long long)r.frame : -1LL);
+          CHECK(st == PT_OK && r.frame == t,
+                "D=%d threaded=%d: frame %d leaves at tick %d (got %lld)", D, threaded, t, k,
+                st == PT_OK ? (long long)r.frame : -1LL);
           if (st == PT_OK) {
             CHECK((intptr_t)r.user == t + 100, "user data travels with frame %d", t);
             CHECK(memcmp(r.output, ref + t * on, sizeof(float) * on) == 0,
-                  "D=%d threaded=%d frame %d output equals the one-stage network's", D, threaded, t);
+                  "D=%d threaded=%d frame %d output equals the one-stage network's", D, threaded,
+                  t);
             got++;
           }
         }
@@ -137,7 +139,8 @@ static void test_lag(void) {
       pt_target tg = {.tensor = &zero};
       pt_stream_push(s, &x[k], &tg, NULL);
       pt_result r;
-      while (pt_stream_pop(s, &r) == PT_OK) {}
+      while (pt_stream_pop(s, &r) == PT_OK) {
+      }
       for (int j = 0; j < D; j++) {
         int a = k - j, b = k - 2 * (D - 1) + j;
         if (a < 0 || b < 0) continue;
@@ -167,24 +170,11 @@ typedef struct run_out {
   size_t weights_size;
 } run_out;
 
-static run_out run_stream(const char *model, int D, bool threaded, pt_loss loss, pt_optimizer opt,
-                          int N, unsigned long long seed) {
+/* Pushes N frames of a drifting stream (targets for every loss) through s and drains it. */
+static run_out run_frames(pt_model *m, pt_stream *s, int N, unsigned long long seed,
+                          const char *what) {
   run_out ro = {0};
-  pt_model *m = load(model);
-  if (!m) return ro;
   int64_t in = m->vals[m->input].numel, on = m->vals[m->output].numel;
-  char balance[32] = "auto";
-  if (D > 1) { /* a fixed partition, so both runs cut alike */
-    int per = m->n_nodes / D, len = 0;
-    balance[0] = '\0';
-    for (int j = 0; j < D - 1; j++) len += snprintf(balance + len, sizeof balance - len, "%d,", per);
-    snprintf(balance + len, sizeof balance - len, "-1");
-  }
-  pt_stream *s = open_stream(m, D, balance, threaded, loss, opt, opt == PT_OPT_ADAM ? 1e-3f : 1e-2f);
-  if (!s) {
-    pt_model_free(m);
-    return ro;
-  }
   float *x = frames(N, in, seed);
   ro.outputs = calloc(N, sizeof(float) * on);
   ro.losses = calloc(N, sizeof(float));
@@ -192,7 +182,9 @@ static run_out run_stream(const char *model, int D, bool threaded, pt_loss loss,
   pt_result r;
   for (int t = 0; t < N; t++) {
     /* a smoothly drifting stream: each frame a small step from the last */
-    if (t) for (int64_t i = 0; i < in; i++) x[t * in + i] = 0.9f * x[(t - 1) * in + i] + 0.1f * x[t * in + i];
+    if (t)
+      for (int64_t i = 0; i < in; i++)
+        x[t * in + i] = 0.9f * x[(t - 1) * in + i] + 0.1f * x[t * in + i];
     pt_target tg = {.class_index = (t / 7) % (int)on};
     pt_stream_push(s, x + t * in, &tg, NULL);
     while (pt_stream_pop(s, &r) == PT_OK) {
@@ -207,12 +199,37 @@ static run_out run_stream(const char *model, int D, bool threaded, pt_loss loss,
     ro.losses[r.frame] = r.loss;
     got++;
   }
-  CHECK(got == N, "%s D=%d: %d of %d results", model, D, got, N);
+  CHECK(got == N, "%s: %d of %d results", what, got, N);
+  free(x);
+  return ro;
+}
+
+static run_out run_stream(const char *model, int D, bool threaded, pt_loss loss, pt_optimizer opt,
+                          int N, unsigned long long seed) {
+  run_out ro = {0};
+  pt_model *m = load(model);
+  if (!m) return ro;
+  char balance[32] = "auto";
+  if (D > 1) { /* a fixed partition, so both runs cut alike */
+    int per = m->n_nodes / D, len = 0;
+    balance[0] = '\0';
+    for (int j = 0; j < D - 1; j++)
+      len += snprintf(balance + len, sizeof balance - len, "%d,", per);
+    snprintf(balance + len, sizeof balance - len, "-1");
+  }
+  pt_stream *s =
+      open_stream(m, D, balance, threaded, loss, opt, opt == PT_OPT_ADAM ? 1e-3f : 1e-2f);
+  if (!s) {
+    pt_model_free(m);
+    return ro;
+  }
+  char what[96];
+  snprintf(what, sizeof what, "%s D=%d", model, D);
+  ro = run_frames(m, s, N, seed, what);
   pt_error err;
   pt_model_serialize(m, &ro.weights, &ro.weights_size, &err);
   pt_stream_free(s);
   pt_model_free(m);
-  free(x);
   return ro;
 }
 
@@ -228,7 +245,8 @@ static void test_threaded_identical(void) {
     const char *model;
     pt_loss loss;
     int out;
-  } cases[] = {{"convnet.onnx", PT_LOSS_CROSS_ENTROPY, 10}, {"residual.onnx", PT_LOSS_RECONSTRUCTION, 432}};
+  } cases[] = {{"convnet.onnx", PT_LOSS_CROSS_ENTROPY, 10},
+               {"residual.onnx", PT_LOSS_RECONSTRUCTION, 432}};
   const int N = 200;
   for (int c = 0; c < 2; c++)
     for (int D = 2; D <= 6; D += (D == 2 ? 1 : 3))
@@ -241,8 +259,8 @@ static void test_threaded_identical(void) {
                     memcmp(a.losses, b.losses, sizeof(float) * N) == 0 &&
                     a.weights_size == b.weights_size && a.weights_size > 0 &&
                     memcmp(a.weights, b.weights, a.weights_size) == 0;
-          CHECK(ok, "%s D=%d %s seed %llu: threaded run bit-identical to sequential", cases[c].model,
-                D, opt ? "adam" : "sgd", seed);
+          CHECK(ok, "%s D=%d %s seed %llu: threaded run bit-identical to sequential",
+                cases[c].model, D, opt ? "adam" : "sgd", seed);
           /* and it learned something: the loss moved */
           CHECK(a.losses && isfinite(a.losses[N - 1]) && a.losses[N - 1] != a.losses[N / 2],
                 "%s D=%d losses finite and changing", cases[c].model, D);
@@ -312,7 +330,8 @@ static void test_d1_online(void) {
       free(mom[i]);
       free(vel[i]);
     }
-    CHECK(same, "D=1 %s: stream losses and weights equal plain online training", opt ? "adam" : "sgd");
+    CHECK(same, "D=1 %s: stream losses and weights equal plain online training",
+          opt ? "adam" : "sgd");
     pt_exec_free(&x);
     pt_stream_free(s);
     pt_model_free(ms);
@@ -340,9 +359,11 @@ static void test_drain_flush_save(void) {
   pt_stream_drain(s); /* a second drain has nothing to do */
   CHECK(pt_stream_pop(s, &r) == PT_AGAIN, "nothing after a second drain");
   for (int t = 5; t < 8; t++) pt_stream_push(s, x + t * in, &tg, NULL);
-  CHECK(pt_stream_pop(s, &r) == PT_OK && r.frame == 5, "push after drain: frame 5 leaves D-1 ticks later");
+  CHECK(pt_stream_pop(s, &r) == PT_OK && r.frame == 5,
+        "push after drain: frame 5 leaves D-1 ticks later");
   pt_stream_flush(s);
-  CHECK(pt_stream_in_flight(s) == 0 && pt_stream_pop(s, &r) == PT_AGAIN, "flush drops what is in flight");
+  CHECK(pt_stream_in_flight(s) == 0 && pt_stream_pop(s, &r) == PT_AGAIN,
+        "flush drops what is in flight");
   pt_stream_push(s, x, &tg, NULL);
   pt_stream_push(s, x + in, &tg, NULL);
   pt_stream_push(s, x + 2 * in, &tg, NULL);
@@ -396,17 +417,20 @@ static void test_guard(void) {
     for (int t = 10; t < 14; t++) x[t * in + 5] = NAN;
     int nan_losses = 0, n = 0;
     for (int t = 0; t < 30 + 1; t++) {
-      if (t < 30) CHECK(pt_stream_push(s, x + t * in, &tg, NULL) == PT_OK, "push %d", t);
-      else pt_stream_drain(s);
+      if (t < 30)
+        CHECK(pt_stream_push(s, x + t * in, &tg, NULL) == PT_OK, "push %d", t);
+      else
+        pt_stream_drain(s);
       while (pt_stream_pop(s, &r) == PT_OK) {
         n++;
-      if (r.frame >= 10 && r.frame < 14) {
-        CHECK(isnan(r.loss) && !r.trained, "D=%d NaN frame %lld reports a NaN loss and no update", D,
-              (long long)r.frame);
-        nan_losses++;
-      } else if (r.frame >= 14 + 2 * D) {
-        CHECK(isfinite(r.loss), "D=%d frame %lld after the NaNs has a finite loss", D, (long long)r.frame);
-      }
+        if (r.frame >= 10 && r.frame < 14) {
+          CHECK(isnan(r.loss) && !r.trained, "D=%d NaN frame %lld reports a NaN loss and no update",
+                D, (long long)r.frame);
+          nan_losses++;
+        } else if (r.frame >= 14 + 2 * D) {
+          CHECK(isfinite(r.loss), "D=%d frame %lld after the NaNs has a finite loss", D,
+                (long long)r.frame);
+        }
       }
     }
     CHECK(nan_losses == 4 && n == 30, "4 NaN frames seen among 30 (%d, %d)", nan_losses, n);
@@ -414,12 +438,13 @@ static void test_guard(void) {
     int refused = 0;
     for (int t = 0; t < 40 && !refused; t++)
       if (pt_stream_push(s, x, &tg, NULL) == PT_AGAIN) refused = t;
-    CHECK(refused == D + 18, "D=%d: push answers PT_AGAIN once %d results wait (at %d)", D,
-          D + 18, refused);
+    CHECK(refused == D + 18, "D=%d: push answers PT_AGAIN once %d results wait (at %d)", D, D + 18,
+          refused);
     pt_stream_stats st;
     pt_stream_get_stats(s, &st);
     CHECK(st.skipped_updates >= 4, "D=%d: skipped %lld updates", D, (long long)st.skipped_updates);
-    CHECK(st.restores >= 1, "D=%d: 4 bad ticks in a row (limit 3) restored the last good weights", D);
+    CHECK(st.restores >= 1, "D=%d: 4 bad ticks in a row (limit 3) restored the last good weights",
+          D);
     CHECK(weights_finite(m), "D=%d: weights stay finite", D);
     pt_stream_free(s);
     pt_model_free(m);
@@ -449,7 +474,8 @@ static void test_soak(void) {
     float xv = pt_test_uniform(&seed, -1, 1), t = 0.5f * xv;
     pt_target tg = {.tensor = &t};
     pt_stream_push(s, &xv, &tg, NULL);
-    while (pt_stream_pop(s, &r) == PT_OK) {}
+    while (pt_stream_pop(s, &r) == PT_OK) {
+    }
     if (k == 2000) rss0 = rss_kb();
   }
   long rss1 = rss_kb();
@@ -534,15 +560,17 @@ static void test_raw_and_hyper(void) {
     }
   }
   CHECK(same, "raw frames converted on stage 0 give the same outputs and losses as float frames");
-  CHECK(c.calls == N && c.off_thread == N, "preprocess ran %d times, %d of them off the pushing thread",
-        c.calls, c.off_thread);
+  CHECK(c.calls == N && c.off_thread == N,
+        "preprocess ran %d times, %d of them off the pushing thread", c.calls, c.off_thread);
   pt_stream_stats st;
   pt_stream_get_stats(sa, &st);
   CHECK(st.stage[0].done == N + 1 && st.stage[1].done == N + 1,
-        "per-stage finished ticks: %lld %lld", (long long)st.stage[0].done, (long long)st.stage[1].done);
+        "per-stage finished ticks: %lld %lld", (long long)st.stage[0].done,
+        (long long)st.stage[1].done);
   for (int v = 0; v < ma->n_vals; v++)
     if (ma->vals[v].kind == PT_VAL_PARAM)
-      same = same && memcmp(ma->vals[v].data, mb->vals[v].data, sizeof(float) * ma->vals[v].numel) == 0;
+      same = same &&
+             memcmp(ma->vals[v].data, mb->vals[v].data, sizeof(float) * ma->vals[v].numel) == 0;
   CHECK(same, "and the same weights after a learning-rate change mid-stream");
   /* the change took effect: the same stream without it ends elsewhere */
   pt_model *mc = load("convnet.onnx");
@@ -552,7 +580,8 @@ static void test_raw_and_hyper(void) {
     for (int t = 0; t < N; t++) {
       pt_target tg = {.class_index = t % 10};
       pt_stream_push(sc, fl + t * in, &tg, NULL);
-      while (pt_stream_pop(sc, &rc) == PT_OK) {}
+      while (pt_stream_pop(sc, &rc) == PT_OK) {
+      }
     }
     pt_stream_drain(sc);
     bool differ = false;
@@ -572,6 +601,168 @@ static void test_raw_and_hyper(void) {
   free(fl);
 }
 
+/* The rows of parameter `name` in m: the value itself, or its halves "name/split0" and
+ * "name/split1" one after the other. False when m has neither. */
+static bool param_rows(const pt_model *m, const char *name, float *out, int64_t n) {
+  int v = pt_graph_find_value(m, name);
+  if (v >= 0) {
+    if (m->vals[v].numel != n) return false;
+    memcpy(out, m->vals[v].data, sizeof(float) * n);
+    return true;
+  }
+  char h0[128], h1[128];
+  snprintf(h0, sizeof h0, "%s/split0", name);
+  snprintf(h1, sizeof h1, "%s/split1", name);
+  int a = pt_graph_find_value(m, h0), b = pt_graph_find_value(m, h1);
+  if (a < 0 || b < 0 || m->vals[a].numel + m->vals[b].numel != n) return false;
+  memcpy(out, m->vals[a].data, sizeof(float) * m->vals[a].numel);
+  memcpy(out + m->vals[a].numel, m->vals[b].data, sizeof(float) * m->vals[b].numel);
+  return true;
+}
+
+/* A convolution split across a cut by output channels ("6+8,-1") runs, trains and saves exactly
+ * as the same network written with the two halves and a Concat in the file, cut whole. */
+static void test_split(void) {
+  struct {
+    int D;
+    const char *split, *whole; /* balance over convnet.onnx, and over convnet_split.onnx */
+    int at;                    /* the stage that ends with half of node 6 */
+  } cases[] = {{2, "6+8,-1", "8,-1", 0}, {3, "2,4+8,-1", "2,6,-1", 1}};
+  const int N = 120;
+  for (int c = 0; c < 2; c++)
+    for (int opt = 0; opt <= 1; opt++)
+      for (int threaded = 0; threaded <= 1; threaded++) {
+        pt_model *ma = load("convnet.onnx"), *mb = load("convnet_split.onnx");
+        if (!ma || !mb) return;
+        float lr = opt ? 1e-3f : 1e-2f;
+        pt_stream *sa =
+            open_stream(ma, cases[c].D, cases[c].split, threaded, PT_LOSS_CROSS_ENTROPY, opt, lr);
+        pt_stream *sb =
+            open_stream(mb, cases[c].D, cases[c].whole, threaded, PT_LOSS_CROSS_ENTROPY, opt, lr);
+        CHECK(sa && sb, "streams with balance %s and %s", cases[c].split, cases[c].whole);
+        if (!sa || !sb) return;
+        pt_stream_stats st;
+        pt_stream_get_stats(sa, &st);
+        int at = cases[c].at;
+        CHECK(
+            st.stage[at].split_channels == 8 &&
+                st.stage[at].first_node + st.stage[at].n_nodes == 6 &&
+                st.stage[at + 1].first_node == 6 && st.stage[at + 1].split_channels == 0,
+            "%s: stage %d ends with channels 0-7 of node 6, stage %d begins at node 6 (%d+%d, %d)",
+            cases[c].split, at, at + 1, st.stage[at].n_nodes, st.stage[at].split_channels,
+            st.stage[at + 1].first_node);
+        run_out a = run_frames(ma, sa, N, 5 + c, cases[c].split);
+        run_out b = run_frames(mb, sb, N, 5 + c, cases[c].whole);
+        CHECK(a.outputs && b.outputs && memcmp(a.outputs, b.outputs, sizeof(float) * N * 10) == 0 &&
+                  memcmp(a.losses, b.losses, sizeof(float) * N) == 0,
+              "%s %s %s: outputs and losses bit-identical to the network written split",
+              cases[c].split, opt ? "adam" : "sgd", threaded ? "threaded" : "sequential");
+        CHECK(a.losses && isfinite(a.losses[N - 1]) && a.losses[N - 1] != a.losses[0],
+              "%s: it trained", cases[c].split);
+        /* the model's own weights learned, rows 0-7 of c3 in stage `at`, 8-15 in the next */
+        bool same = true;
+        int n_params = 0;
+        for (int v = 0; v < ma->n_vals; v++) {
+          if (ma->vals[v].kind != PT_VAL_PARAM) continue;
+          float *rows = malloc(sizeof(float) * ma->vals[v].numel);
+          same = same && param_rows(mb, ma->vals[v].name, rows, ma->vals[v].numel) &&
+                 memcmp(rows, ma->vals[v].data, sizeof(float) * ma->vals[v].numel) == 0;
+          free(rows);
+          n_params++;
+        }
+        CHECK(same && n_params == 12, "%s: the model's %d weights end as the split network's",
+              cases[c].split, n_params);
+        if (c == 0 && opt == 0 && threaded) { /* the checkpoint has the model's graph */
+          char path[] = "/tmp/pt-engine-split-XXXXXX";
+          int fd = mkstemp(path);
+          close(fd);
+          CHECK(pt_stream_save(sa, path) == PT_OK, "save a split stream: %s",
+                pt_stream_last_error(sa));
+          pt_model *back = NULL;
+          pt_error err;
+          bool ok = pt_model_load(path, &back, &err) == PT_OK && back->n_nodes == ma->n_nodes;
+          for (int v = 0; ok && v < ma->n_vals; v++)
+            if (ma->vals[v].kind == PT_VAL_PARAM) {
+              int bv = pt_graph_find_value(back, ma->vals[v].name);
+              ok = bv >= 0 && memcmp(ma->vals[v].data, back->vals[bv].data,
+                                     sizeof(float) * ma->vals[v].numel) == 0;
+            }
+          CHECK(ok, "the checkpoint is the model's graph (%d nodes) with the learned weights",
+                back ? back->n_nodes : -1);
+          pt_model_free(back);
+          unlink(path);
+        }
+        free_run(&a);
+        free_run(&b);
+        pt_stream_free(sa);
+        pt_stream_free(sb);
+        pt_model_free(ma);
+        pt_model_free(mb);
+      }
+
+  /* Inference: the split network computes the model's function (other kernels: not bitwise). */
+  pt_model *m = load("convnet.onnx");
+  if (!m) return;
+  pt_stream *s1 = open_stream(m, 1, NULL, false, PT_LOSS_NONE, PT_OPT_SGD, 0);
+  pt_stream *s2 = open_stream(m, 2, "6+8,-1", true, PT_LOSS_NONE, PT_OPT_SGD, 0);
+  run_out a = run_frames(m, s1, 40, 9, "one stage"), b = run_frames(m, s2, 40, 9, "6+8,-1");
+  double worst = 0;
+  for (int i = 0; a.outputs && b.outputs && i < 40 * 10; i++)
+    worst = fmax(worst, fabs(a.outputs[i] - b.outputs[i]) / (1e-3 + fabs(a.outputs[i])));
+  CHECK(a.outputs && b.outputs && worst < 1e-5,
+        "split inference gives the one-stage outputs (worst relative error %.2g)", worst);
+  free_run(&a);
+  free_run(&b);
+  pt_stream_free(s1);
+  pt_stream_free(s2);
+
+  /* What cannot be split, said clearly and before anything runs. */
+  struct {
+    const char *balance, *says;
+  } bad[] = {{"5+8,-1", "not a convolution"},
+             {"6+16,-1", "between 1 and the output channels"},
+             {"6,6+4", "last stage"},
+             {"6+8,0+4,-1", "node counts"},
+             {"-1+4,6", "'+C' follows a node count"},
+             {"6+4,0,-1", "node counts"}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    pt_stream_opts o;
+    pt_stream_opts_init(&o);
+    o.balance = bad[i].balance;
+    o.stages = 1;
+    for (const char *p = bad[i].balance; *p; p++) o.stages += *p == ',';
+    pt_stream *s = NULL;
+    pt_error err;
+    pt_status st = pt_stream_new(m, &o, &s, &err);
+    CHECK(st == PT_ERR_INVALID && strstr(err.msg, bad[i].says), "balance %s refused: %s",
+          bad[i].balance, st ? err.msg : "(accepted)");
+    pt_stream_free(s);
+  }
+  pt_model_free(m);
+
+  /* auto splits the middle of three equally heavy layers, and only there */
+  m = load("three.onnx");
+  if (!m) return;
+  pt_stream *s = open_stream(m, 2, "auto", true, PT_LOSS_NONE, PT_OPT_SGD, 0);
+  pt_stream_stats st;
+  if (s) pt_stream_get_stats(s, &st);
+  CHECK(s && st.stage[0].first_node == 0 && st.stage[0].n_nodes == 2 &&
+            st.stage[0].split_channels == 16 && st.stage[1].first_node == 2 &&
+            st.stage[1].n_nodes == 4,
+        "auto over three equal layers: stage 0 runs nodes 0-1 and channels 0-15 of node 2 "
+        "(got %d nodes + %d channels)",
+        s ? st.stage[0].n_nodes : -1, s ? st.stage[0].split_channels : -1);
+  pt_stream_free(s);
+  s = open_stream(m, 3, "auto", true, PT_LOSS_NONE, PT_OPT_SGD, 0);
+  if (s) pt_stream_get_stats(s, &st);
+  CHECK(s && st.stage[0].split_channels == 0 && st.stage[1].split_channels == 0 &&
+            st.stage[0].n_nodes == 2 && st.stage[1].n_nodes == 2,
+        "three stages over three equal layers cut whole (%d,%d nodes)",
+        s ? st.stage[0].n_nodes : -1, s ? st.stage[1].n_nodes : -1);
+  pt_stream_free(s);
+  pt_model_free(m);
+}
+
 int main(int argc, char **argv) {
   dir = argc > 1 ? argv[1] : ".";
   test_tick_contract();
@@ -582,6 +773,7 @@ int main(int argc, char **argv) {
   test_drain_flush_save();
   test_guard();
   test_raw_and_hyper();
+  test_split();
   test_soak();
   PT_TEST_END();
 }
