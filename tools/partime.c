@@ -2,7 +2,7 @@
  *
  *   partime run MODEL --input FRAMES.npy [--targets T.npy] [--output OUT.npy] [--trace T.csv]
  *               [--train --loss L --optimizer sgd|adam --lr X [--momentum M] [--weight-decay W]]
- *               [--save CKPT.onnx] [--stages D] [--devices LIST] [--balance auto|N,N,-1]
+ *               [--save CKPT.onnx] [--stages D] [--devices LIST] [--balance auto|N,N,-1|N+C,-1]
  *               [--cuda-graphs]
  *   partime run MODEL --synthetic N [...]
  *   partime inspect MODEL
