@@ -54,11 +54,14 @@ static bool is_conv(const pt_node *n) {
 static void make_plans(pt_exec *x) {
   const char *dnnl_env = getenv("PARTIME_DNNL");
   if (dnnl_env && strcmp(dnnl_env, "0") == 0) return;
+  const char *wino_env = getenv("PARTIME_WINOGRAD");
+  const bool no_wino = wino_env && strcmp(wino_env, "0") == 0;
   const pt_model *m = x->m;
   for (int i = x->first; i < x->end; i++) {
     const pt_node *n = &m->nodes[i];
     unsigned ops = is_conv(n) ? pt_dnnl_conv_preferred(&n->p.conv, n->op != PT_OP_CONV) : 0;
-    if (!ops) continue;
+    if (no_wino) ops &= ~(unsigned)PT_DNNL_WINOGRAD;
+    if (!(ops & PT_DNNL_ALL)) continue;
     const int r = sole_reader(x, n->out[0]);
     const pt_node *rn = r >= 0 ? &m->nodes[r] : NULL;
     const bool relu =

@@ -48,7 +48,8 @@ typedef struct pt_exec {
  * read in range and every value that depends on one; `grad_external` also asks for gradients of
  * the external float inputs (a stage that must send a gradient to its predecessor).
  * Convolutions of the shapes where oneDNN is faster get a oneDNN plan, unless the environment
- * sets PARTIME_DNNL=0 (everything then runs on cpu/conv.c). */
+ * sets PARTIME_DNNL=0 (everything then runs on cpu/conv.c); PARTIME_WINOGRAD=0 keeps the plans on
+ * direct convolution where the rule would pick Winograd. */
 pt_status pt_exec_init(pt_exec *x, pt_model *m, int first, int end, bool train, bool grad_external,
                        pt_error *err);
 void pt_exec_free(pt_exec *x);

@@ -47,14 +47,21 @@ enum {
    * passes NaN on): a oneDNN post-op while the inputs are finite, else a pass over the output.
    * Backward needs nothing new: relu'(x) = [x > 0] = [relu(x) > 0], NaN included. */
   PT_DNNL_RELU = 16,
+  /* with the above: the computations run oneDNN's Winograd convolution (F(4x4, 3x3): 3x3, stride
+   * 1) where it has a JIT kernel for them, direct convolution elsewhere. Results differ from the
+   * direct kernels' by rounding (about 1e-6 of the output's scale) and are as reproducible; a NaN
+   * in the input spreads over the whole 4x4 output tiles around it, not only the outputs whose
+   * window holds it. */
+  PT_DNNL_WINOGRAD = 32,
 };
 
 /* True when the library was built with oneDNN. */
 bool pt_dnnl_available(void);
 
 /* The static rule the executor follows: the computations (PT_DNNL_* bits) of a layer of shape p
- * that oneDNN's kernels, reorders included, ran faster than conv.c in bench/conv_bench; 0 for
- * none, and always 0 without oneDNN. */
+ * that oneDNN's kernels, reorders included, ran faster than conv.c in bench/conv_bench, with
+ * PT_DNNL_WINOGRAD where Winograd ran faster than direct convolution; 0 for none, and always 0
+ * without oneDNN. */
 unsigned pt_dnnl_conv_preferred(const pt_conv_params *p, bool transpose);
 
 /* A plan for Conv (or ConvTranspose with `transpose`) of shape p that runs the computations in
