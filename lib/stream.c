@@ -380,6 +380,9 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
     goto fail;
   }
 
+  /* One BLAS thread per stage, from here on: node costs are measured as stages will run them. */
+  pt_blas_init();
+
   /* Partition. */
   pt_partition part;
   double *cost = NULL;
@@ -459,7 +462,6 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
     for (int j = 0; j < D; j++)
       if ((st = stage_init(s, &s->st[j], err))) goto fail;
   }
-  pt_blas_init();
   if (s->threaded) {
     for (int j = 0; j < D; j++) {
       if (pthread_create(&s->st[j].thread, NULL, stage_main, &s->st[j]) != 0) {
