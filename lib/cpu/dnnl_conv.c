@@ -33,6 +33,7 @@
  * between plans through oneDNN's primitive cache, and its library-managed scratchpad would then be
  * shared between threads as well. */
 #include "dnnl_conv.h"
+#include "wino5.h"
 
 #if PT_HAVE_DNNL
 
@@ -84,6 +85,8 @@ struct pt_dnnl_conv {
   bool bias_outside;   /* the bias is added and its gradient summed here, not by oneDNN */
   bool relu;           /* forward writes relu(conv) (PT_DNNL_RELU) */
   bool winograd;       /* PT_DNNL_WINOGRAD */
+  pt_wino5 *w5;        /* an inference plan whose forward runs cpu/wino5.c (oneDNN has no 5x5
+                        * Winograd); it then holds nothing of oneDNN's */
   float *gemm_scratch; /* conv.c's scratch, for the computations it runs */
   dnnl_engine_t eng;
   dnnl_stream_t strm;
@@ -515,6 +518,15 @@ pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, 
   c->ops = ops & PT_DNNL_ALL;
   c->relu = (ops & PT_DNNL_RELU) != 0;
   c->winograd = (ops & PT_DNNL_WINOGRAD) && !transpose;
+  if (!train && c->winograd && (c->ops & PT_DNNL_FORWARD) && pt_wino5_fits(p)) {
+    if (!(c->w5 = pt_wino5_create(p, c->relu, err))) {
+      free(c);
+      return NULL;
+    }
+    c->ops = PT_DNNL_FORWARD;
+    snprintf(c->impl, sizeof c->impl, "wino5:F(2x2,5x5)");
+    return c;
+  }
   /* oneDNN's deconvolution adds the bias, and sums its gradient, in a slow generic loop (0.1 ms
    * on a 16x32x32 output, more than the deconvolution itself) */
   c->bias_outside = transpose;
@@ -530,6 +542,7 @@ pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, 
 
 void pt_dnnl_conv_plan_free(pt_dnnl_conv *c) {
   if (!c) return;
+  pt_wino5_free(c->w5);
   for (int i = 0; i < c->n_prims; i++) dnnl_primitive_destroy(c->prims[i]);
   for (int i = 0; i < c->n_mems; i++) dnnl_memory_destroy(c->mems[i]);
   if (c->strm) dnnl_stream_destroy(c->strm);
@@ -683,6 +696,10 @@ void pt_dnnl_conv_forward(pt_dnnl_conv *c, float *out, const float *in, const fl
   const pt_conv_params *p = &c->p;
   const int64_t n_out = (int64_t)p->N * p->OC * p->OH * p->OW;
   c->out_finite = false;
+  if (c->w5) {
+    pt_wino5_forward(c->w5, out, in, w, b);
+    return;
+  }
   if (!(c->ops & PT_DNNL_FORWARD)) {
     if (c->transpose)
       pt_conv_transpose2d_forward(out, in, w, b, p, c->gemm_scratch);
@@ -718,6 +735,7 @@ void pt_dnnl_conv_forward(pt_dnnl_conv *c, float *out, const float *in, const fl
 bool pt_dnnl_conv_link(pt_dnnl_conv *from, pt_dnnl_conv *to) {
   if (from == to || to->src_plan) return false;
   to->src_plan = from;
+  if (from->w5 || to->w5) return false; /* NCHW in and out */
   if (from->train || to->train || !(from->ops & PT_DNNL_FORWARD) || !(to->ops & PT_DNNL_FORWARD) ||
       (from->bias_outside && from->p.has_bias))
     return false;
@@ -739,6 +757,7 @@ bool pt_dnnl_conv_link(pt_dnnl_conv *from, pt_dnnl_conv *to) {
 }
 
 void pt_dnnl_conv_weights_changed(pt_dnnl_conv *c) {
+  if (c->w5) pt_wino5_weights_changed(c->w5);
   for (int i = 0; i < c->n_bufs; i++)
     if (c->bufs[i].role == T_WEI) c->bufs[i].from = NULL;
   c->checked_w = c->checked_b = NULL;
@@ -832,6 +851,8 @@ void pt_dnnl_conv_backward(pt_dnnl_conv *plan, float *din, float *dw, float *db,
  * backward weights: 1.9 / 1.9 / 1.3x on 32 channels at 64x64, 1.4 / 1.4 / 1.5x at 32x32,
  * 1.7 / 1.8 / 2.6x on 64 channels at 32x32, but 0.8-1.0x on 16 channels or at 16x16. */
 static bool winograd_suits(const pt_conv_params *p) {
+  if (pt_wino5_fits(p)) /* cpu/wino5.c, for inference */
+    return p->C >= 16 && (int64_t)p->OH * p->OW >= 32 * 32;
   return p->G == 1 && p->KH == 3 && p->KW == 3 && p->SH == 1 && p->SW == 1 && p->DH == 1 &&
          p->DW == 1 && p->C % 16 == 0 && p->C >= 32 && p->OC % 16 == 0 && p->OC >= 32 &&
          (int64_t)p->OH * p->OW >= 32 * 32;

@@ -3,6 +3,8 @@
 #ifndef PT_TEST_H
 #define PT_TEST_H
 
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -46,6 +48,17 @@ static inline unsigned long long pt_test_rand_u64(unsigned long long *s) {
 }
 static inline float pt_test_uniform(unsigned long long *s, float lo, float hi) {
   return lo + (hi - lo) * (float)((pt_test_rand_u64(s) >> 40) / 16777216.0);
+}
+
+/* Largest |got - ref| over the largest |ref| (a NaN in got counts as the worst). */
+static inline double pt_test_max_err(const float *got, const float *ref, int64_t n) {
+  double scale = 1e-30, worst = 0;
+  for (int64_t i = 0; i < n; i++) scale = fmax(scale, fabs((double)ref[i]));
+  for (int64_t i = 0; i < n; i++) {
+    double e = fabs((double)got[i] - (double)ref[i]);
+    if (!(e <= worst)) worst = e;
+  }
+  return worst / scale;
 }
 
 #endif

@@ -11,7 +11,7 @@
  * folded Relu's; ranges cut inside a chain (two executors, bound like a stream's stages, the
  * boundary tensor checked as well); NaN in the input frame (it must reach the output as it does
  * without oneDNN; Winograd layers spread it over whole output tiles); weights changed in place;
- * Winograd layers among direct ones. Then the plan alone: an inference plan keeps its
+ * Winograd layers among direct ones, 3x3 on oneDNN and 5x5 on cpu/wino5.c. Then the plan alone: an inference plan keeps its
  * weights until told they changed; a fused ReLU passes NaN on. Skipped (77) when the library is
  * built without oneDNN. */
 #include <math.h>
@@ -185,6 +185,22 @@ static tb *net_wino(void) {
   conv(b, "conv4", "r3", "c4", 32, 16, 3, 1);
   relu(b, "relu4", "c4", "r4");
   conv(b, "head", "r4", "y", 16, 10, 1, 1);
+  tb_output(b, "y", -1, NULL);
+  return b;
+}
+
+/* 5x5 layers, which inference runs on cpu/wino5.c, on 1x16x32x32: 16 -> 32 -> 32 (no Relu,
+ * straight into the next) -> 16 -> a 1x1 head of 10. */
+static tb *net_wino5(void) {
+  tb *b = tb_new(13);
+  const int64_t xd[4] = {1, 16, 32, 32};
+  tb_input(b, "x", TB_FLOAT, 4, xd, NULL);
+  conv(b, "conv0", "x", "c0", 16, 32, 5, 1);
+  relu(b, "relu0", "c0", "r0");
+  conv(b, "conv1", "r0", "c1", 32, 32, 5, 1);
+  conv(b, "conv2", "c1", "c2", 32, 16, 5, 1);
+  relu(b, "relu2", "c2", "r2");
+  conv(b, "head", "r2", "y", 16, 10, 1, 1);
   tb_output(b, "y", -1, NULL);
   return b;
 }
@@ -602,6 +618,9 @@ int main(void) {
       {"skip", net_skip, {5}, 1, true}, /* before the Add: r0 is read on both sides */
       {"wino", net_wino, {0}, 0, true, true},
       {"wino", net_wino, {4}, 1, true, true}, /* after conv2, which feeds conv3 directly */
+      /* wino5 layers read and write NCHW: nothing to hand over */
+      {"wino5", net_wino5, {0}, 0, false, true},
+      {"wino5", net_wino5, {3}, 1, false, true}, /* after conv1, which feeds conv2 directly */
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     case_inference(&cases[i]);

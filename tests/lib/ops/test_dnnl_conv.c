@@ -33,17 +33,6 @@ static int rnd(int lo, int hi) { /* uniform in [lo, hi] */
   return lo + (int)(pt_test_rand_u64(&seed) % (unsigned long long)(hi - lo + 1));
 }
 
-/* Largest |got - ref| relative to the largest |ref| (NaN counts as the worst). */
-static double rel_err(const float *got, const float *ref, int64_t n) {
-  double scale = 1e-30, worst = 0;
-  for (int64_t i = 0; i < n; i++) scale = fmax(scale, fabs((double)ref[i]));
-  for (int64_t i = 0; i < n; i++) {
-    double e = fabs((double)got[i] - (double)ref[i]);
-    if (!(e <= worst)) worst = e;
-  }
-  return worst / scale;
-}
-
 #define TOL 1e-4
 
 typedef struct sizes {
@@ -106,7 +95,7 @@ static int check_shape(const pt_conv_params *p, bool t, unsigned ops, bool verbo
   float *y = alloc_f(n.y), *y2 = alloc_f(n.y);
   for (int64_t i = 0; i < n.y; i++) y[i] = y2[i] = NAN; /* forward must overwrite */
   pt_dnnl_conv_forward(plan, y, x, w, b);
-  double ey = rel_err(y, y_ref, n.y);
+  double ey = pt_test_max_err(y, y_ref, n.y);
   CHECK(ey <= TOL, "%s: forward error %.3g", name, ey);
   pt_dnnl_conv_forward(plan, y2, x, w, b);
   CHECK(memcmp(y, y2, sizeof(float) * n.y) == 0, "%s: repeated forward not bit-identical", name);
@@ -114,8 +103,8 @@ static int check_shape(const pt_conv_params *p, bool t, unsigned ops, bool verbo
   /* all three gradients into zeroed buffers */
   float *dx = alloc_f(n.x), *dw = alloc_f(n.w), *db = alloc_f(n.b);
   pt_dnnl_conv_backward(plan, dx, dw, db, dy, x, w);
-  double ex = rel_err(dx, dx_ref, n.x), ew = rel_err(dw, dw_ref, n.w);
-  double eb = p->has_bias ? rel_err(db, db_ref, n.b) : 0;
+  double ex = pt_test_max_err(dx, dx_ref, n.x), ew = pt_test_max_err(dw, dw_ref, n.w);
+  double eb = p->has_bias ? pt_test_max_err(db, db_ref, n.b) : 0;
   CHECK(ex <= TOL, "%s: din error %.3g", name, ex);
   CHECK(ew <= TOL, "%s: dw error %.3g", name, ew);
   CHECK(eb <= TOL, "%s: db error %.3g", name, eb);
@@ -158,9 +147,9 @@ static int check_shape(const pt_conv_params *p, bool t, unsigned ops, bool verbo
     memset(db2, 0, sizeof(float) * n.b);
     pt_dnnl_conv_backward(plan, mask & 1 ? dx2 : NULL, mask & 2 ? dw2 : NULL, mask & 4 ? db2 : NULL,
                           dy, x, w);
-    double e1 = mask & 1 ? rel_err(dx2, dx_ref, n.x) : 0;
-    double e2 = mask & 2 ? rel_err(dw2, dw_ref, n.w) : 0;
-    double e3 = mask & 4 && p->has_bias ? rel_err(db2, db_ref, n.b) : 0;
+    double e1 = mask & 1 ? pt_test_max_err(dx2, dx_ref, n.x) : 0;
+    double e2 = mask & 2 ? pt_test_max_err(dw2, dw_ref, n.w) : 0;
+    double e3 = mask & 4 && p->has_bias ? pt_test_max_err(db2, db_ref, n.b) : 0;
     bool untouched = true;
     for (int64_t i = 0; i < n.x && !(mask & 1); i++) untouched = untouched && dx2[i] == 0;
     for (int64_t i = 0; i < n.w && !(mask & 2); i++) untouched = untouched && dw2[i] == 0;
@@ -179,7 +168,7 @@ static int check_shape(const pt_conv_params *p, bool t, unsigned ops, bool verbo
   memset(dw2, 0, sizeof(float) * n.w);
   pt_dnnl_conv_forward(plan, y2, x, w, b);
   pt_dnnl_conv_backward(plan, dx2, dw2, NULL, dy, x3, w3);
-  double gx = rel_err(dx2, dx_ref, n.x), gw = rel_err(dw2, dw_ref, n.w);
+  double gx = pt_test_max_err(dx2, dx_ref, n.x), gw = pt_test_max_err(dw2, dw_ref, n.w);
   CHECK(gx <= TOL && gw <= TOL, "%s: backward on other pointers than the forward's: %.3g %.3g",
         name, gx, gw);
 
@@ -188,7 +177,7 @@ static int check_shape(const pt_conv_params *p, bool t, unsigned ops, bool verbo
   CHECK(inf != NULL || !(ops & PT_DNNL_FORWARD), "%s: no inference plan: %s", name, err.msg);
   if (inf) {
     pt_dnnl_conv_forward(inf, y2, x, w, b);
-    CHECK(memcmp(y, y2, sizeof(float) * n.y) == 0 || rel_err(y2, y, n.y) <= TOL,
+    CHECK(memcmp(y, y2, sizeof(float) * n.y) == 0 || pt_test_max_err(y2, y, n.y) <= TOL,
           "%s: inference forward differs", name);
     memset(dx2, 0, sizeof(float) * n.x);
     pt_dnnl_conv_backward(inf, dx2, NULL, NULL, dy, x, w);
@@ -297,8 +286,10 @@ static void test_shapes(void) {
 }
 
 /* Winograd: the rule picks it for 3x3 stride-1 layers of 32 channels and more on images of 32x32
- * and more, and not elsewhere; such plans pass every check above, on oneDNN's Winograd kernels
- * where the CPU has AVX-512 (its F(4x4, 3x3) kernels need it), and agree with direct plans. */
+ * and more, and for 5x5 stride-1 layers of 16 input channels and more there, and not elsewhere;
+ * such plans pass every check above, on oneDNN's Winograd kernels where the CPU has AVX-512 (its
+ * F(4x4, 3x3) kernels need it), and agree with direct plans. 5x5 inference plans run
+ * cpu/wino5.c. */
 static void test_winograd(void) {
   const struct {
     pt_conv_params p;
@@ -306,7 +297,8 @@ static void test_winograd(void) {
   } rule[] = {
       {layer(1, 32, 64, 32, 3, 1, 1, false), true},  {layer(1, 64, 32, 32, 3, 1, 1, false), true},
       {layer(1, 16, 32, 16, 3, 1, 1, false), false}, {layer(1, 32, 16, 32, 3, 1, 1, false), false},
-      {layer(1, 32, 64, 32, 5, 1, 1, false), false}, {layer(1, 32, 64, 32, 3, 2, 1, false), false},
+      {layer(1, 32, 64, 32, 5, 1, 1, false), true},  {layer(1, 32, 64, 32, 3, 2, 1, false), false},
+      {layer(1, 3, 64, 32, 5, 1, 1, false), false},  {layer(1, 32, 16, 32, 5, 1, 1, false), false},
       {layer(1, 32, 64, 32, 3, 1, 2, false), false}, {layer(1, 3, 64, 32, 3, 1, 1, false), false},
   };
   for (size_t i = 0; i < sizeof rule / sizeof rule[0]; i++) {
@@ -343,14 +335,53 @@ static void test_winograd(void) {
     pt_dnnl_conv_backward(w, dx1, dw1, db1, dy, x, wt);
     pt_dnnl_conv_forward(dir, y2, x, wt, b);
     pt_dnnl_conv_backward(dir, dx2, dw2, db2, dy, x, wt);
-    double ey = rel_err(y1, y2, n.y), ex = rel_err(dx1, dx2, n.x), ew = rel_err(dw1, dw2, n.w);
-    CHECK(ey < 1e-5 && ex < 1e-5 && ew < 1e-5 && rel_err(db1, db2, n.b) < 1e-5,
+    double ey = pt_test_max_err(y1, y2, n.y), ex = pt_test_max_err(dx1, dx2, n.x),
+           ew = pt_test_max_err(dw1, dw2, n.w);
+    CHECK(ey < 1e-5 && ex < 1e-5 && ew < 1e-5 && pt_test_max_err(db1, db2, n.b) < 1e-5,
           "%s: Winograd within 1e-5 of direct: forward %.2g, din %.2g, dw %.2g", d, ey, ex, ew);
     float *all[] = {x, wt, b, dy, y1, y2, dx1, dx2, dw1, dw2, db1, db2};
     for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) free(all[k]);
     pt_dnnl_conv_plan_free(w);
     pt_dnnl_conv_plan_free(dir);
   }
+
+  /* 5x5: training plans stay direct (oneDNN has no 5x5 Winograd), inference plans run wino5 */
+  pt_conv_params p5 = layer(1, 32, 40, 32, 5, 1, 1, false);
+  check_shape(&p5, false, PT_DNNL_ALL | PT_DNNL_WINOGRAD, true);
+  pt_error err;
+  pt_dnnl_conv *inf = pt_dnnl_conv_plan_create(&p5, false, false,
+                                               PT_DNNL_ALL | PT_DNNL_WINOGRAD | PT_DNNL_RELU, &err);
+  pt_dnnl_conv *ref = pt_dnnl_conv_plan_create(&p5, false, false, PT_DNNL_ALL | PT_DNNL_RELU, &err);
+  CHECK(inf && ref && strstr(pt_dnnl_conv_impl(inf), "wino5") &&
+            !strstr(pt_dnnl_conv_impl(ref), "wino"),
+        "5x5 inference plans: %s with the flag, %s without", inf ? pt_dnnl_conv_impl(inf) : "none",
+        ref ? pt_dnnl_conv_impl(ref) : "none");
+  if (inf && ref) {
+    const sizes n = sizes_of(&p5, false);
+    float *x = random_f(n.x), *wt = random_f(n.w), *b = random_f(n.b);
+    float *y1 = alloc_f(n.y), *y2 = alloc_f(n.y);
+    pt_dnnl_conv_forward(inf, y1, x, wt, b);
+    pt_dnnl_conv_forward(ref, y2, x, wt, b);
+    double e = pt_test_max_err(y1, y2, n.y);
+    bool relu = true;
+    for (int64_t i = 0; i < n.y; i++) relu = relu && y1[i] >= 0;
+    CHECK(e < 1e-5 && relu, "5x5 inference with ReLU: wino5 within %.2g of direct", e);
+    /* weights changed in place, then told: the new weights count */
+    for (int64_t i = 0; i < n.w; i++) wt[i] *= -1.0f;
+    pt_dnnl_conv_weights_changed(inf);
+    pt_dnnl_conv_weights_changed(ref);
+    pt_dnnl_conv_forward(inf, y1, x, wt, b);
+    pt_dnnl_conv_forward(ref, y2, x, wt, b);
+    CHECK(pt_test_max_err(y1, y2, n.y) < 1e-5, "5x5 inference after new weights: %.2g",
+          pt_test_max_err(y1, y2, n.y));
+    free(x);
+    free(wt);
+    free(b);
+    free(y1);
+    free(y2);
+  }
+  pt_dnnl_conv_plan_free(inf);
+  pt_dnnl_conv_plan_free(ref);
 }
 
 /* ---- two plans of one shape on two threads at once ---- */
@@ -481,13 +512,13 @@ static void test_exec(const char *spec, bool train) {
       memcpy(pt_exec_grad(&x[k], out), gout, sizeof(float) * nout);
       pt_exec_backward(&x[k]);
     }
-    double e = rel_err(pt_exec_act(&x[1], out), pt_exec_act(&x[0], out), nout);
+    double e = pt_test_max_err(pt_exec_act(&x[1], out), pt_exec_act(&x[0], out), nout);
     CHECK(e <= TOL, "%s: output with oneDNN differs by %.3g", spec, e);
     double worst = 0;
     for (int i = 0; i < x[0].n_params; i++) {
       int v = x[0].params[i];
-      worst =
-          fmax(worst, rel_err(pt_exec_grad(&x[1], v), pt_exec_grad(&x[0], v), m[0]->vals[v].numel));
+      worst = fmax(worst, pt_test_max_err(pt_exec_grad(&x[1], v), pt_exec_grad(&x[0], v),
+                                          m[0]->vals[v].numel));
     }
     CHECK(worst <= TOL, "%s: parameter gradients with oneDNN differ by %.3g", spec, worst);
     if (step == 0)

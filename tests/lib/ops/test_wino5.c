@@ -1,0 +1,147 @@
+/* Winograd F(2x2, 5x5) (lib/cpu/wino5.c) against the im2col + OpenBLAS convolution of conv.c:
+ * the benchmark layers, odd image sizes (half tiles at the edges), asymmetric and zero padding,
+ * batch 2, one input channel, with and without bias and ReLU; repeated calls bit-identical;
+ * weights changed in place (told, and so recomputed); NaN input confined to the tiles whose input
+ * block holds it, and passed on by the ReLU; shapes it refuses. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cpu/ops.h"
+#include "cpu/wino5.h"
+#include "pt_test.h"
+
+static unsigned long long seed = 0x853c49e6748fea9bULL;
+
+static float *random_f(int64_t n) {
+  float *x = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+  for (int64_t i = 0; i < n; i++) x[i] = pt_test_uniform(&seed, -1.0f, 1.0f);
+  return x;
+}
+
+static pt_conv_params shape(int N, int C, int H, int W, int OC, int pt, int pl, int pb, int pr,
+                            bool bias) {
+  pt_conv_params p = {.N = N,
+                      .C = C,
+                      .H = H,
+                      .W = W,
+                      .OC = OC,
+                      .KH = 5,
+                      .KW = 5,
+                      .SH = 1,
+                      .SW = 1,
+                      .DH = 1,
+                      .DW = 1,
+                      .PT = pt,
+                      .PL = pl,
+                      .PB = pb,
+                      .PR = pr,
+                      .G = 1,
+                      .has_bias = bias};
+  p.OH = H + pt + pb - 4;
+  p.OW = W + pl + pr - 4;
+  return p;
+}
+
+static void reference(float *y, const float *x, const float *w, const float *b,
+                      const pt_conv_params *p, bool relu) {
+  float *scratch = malloc(sizeof(float) * (size_t)pt_conv2d_scratch(p));
+  pt_conv2d_forward(y, x, w, b, p, scratch);
+  free(scratch);
+  int64_t n = (int64_t)p->N * p->OC * p->OH * p->OW;
+  for (int64_t i = 0; relu && i < n; i++) y[i] = y[i] < 0 ? 0 : y[i];
+}
+
+static void check(const pt_conv_params *p, bool relu) {
+  char d[160];
+  snprintf(d, sizeof d, "N%d C%d %dx%d -> OC%d %dx%d pad %d,%d,%d,%d%s%s", p->N, p->C, p->H, p->W,
+           p->OC, p->OH, p->OW, p->PT, p->PL, p->PB, p->PR, p->has_bias ? " bias" : "",
+           relu ? " relu" : "");
+  pt_error err;
+  pt_wino5 *k = pt_wino5_create(p, relu, &err);
+  CHECK(k != NULL, "%s: %s", d, err.msg);
+  if (!k) return;
+  const int64_t nx = (int64_t)p->N * p->C * p->H * p->W, nw = (int64_t)p->OC * p->C * 25,
+                ny = (int64_t)p->N * p->OC * p->OH * p->OW;
+  float *x = random_f(nx), *w = random_f(nw), *b = p->has_bias ? random_f(p->OC) : NULL;
+  float *y = malloc(sizeof(float) * ny), *y2 = malloc(sizeof(float) * ny),
+        *ref = malloc(sizeof(float) * ny);
+  for (int64_t i = 0; i < ny; i++) y[i] = y2[i] = NAN; /* every output must be written */
+  reference(ref, x, w, b, p, relu);
+  pt_wino5_forward(k, y, x, w, b);
+  double e = pt_test_max_err(y, ref, ny);
+  CHECK(e < 1e-5, "%s: error %.3g against conv.c", d, e);
+  pt_wino5_forward(k, y2, x, w, b);
+  CHECK(memcmp(y, y2, sizeof(float) * ny) == 0, "%s: a repeated forward is bit-identical", d);
+
+  /* weights changed in place: recomputed once told */
+  for (int64_t i = 0; i < nw; i++) w[i] = -0.5f * w[i] + 0.01f;
+  reference(ref, x, w, b, p, relu);
+  pt_wino5_weights_changed(k);
+  pt_wino5_forward(k, y, x, w, b);
+  e = pt_test_max_err(y, ref, ny);
+  CHECK(e < 1e-5, "%s: new weights at the same address: error %.3g", d, e);
+
+  /* a NaN pixel: NaN in the outputs that read it, none outside its tiles' reach */
+  if (p->N == 1 && p->H >= 12 && p->W >= 12) {
+    const int cy = p->H / 2, cx = p->W / 2;
+    x[((int64_t)(p->C - 1) * p->H + cy) * p->W + cx] = NAN;
+    pt_wino5_forward(k, y, x, w, b);
+    bool reach = true, confined = true;
+    for (int oc = 0; oc < p->OC; oc++)
+      for (int oy = 0; oy < p->OH; oy++)
+        for (int ox = 0; ox < p->OW; ox++) {
+          const float v = y[((int64_t)oc * p->OH + oy) * p->OW + ox];
+          const int iy = oy - p->PT, ix = ox - p->PL; /* the window's top left in the input */
+          const bool reads = cy >= iy && cy < iy + 5 && cx >= ix && cx < ix + 5;
+          /* the 6x6 block of the tile holding (oy, ox) */
+          const int ty = (oy / 2) * 2 - p->PT, tx = (ox / 2) * 2 - p->PL;
+          const bool block = cy >= ty && cy < ty + 6 && cx >= tx && cx < tx + 6;
+          if (reads && !isnan(v)) reach = false;
+          if (!block && isnan(v)) confined = false;
+        }
+    CHECK(reach, "%s: a NaN input reaches every output whose window holds it", d);
+    CHECK(confined, "%s: and no output outside the tiles whose input block holds it", d);
+  }
+  pt_wino5_free(k);
+  free(x);
+  free(w);
+  free(b);
+  free(y);
+  free(y2);
+  free(ref);
+}
+
+int main(void) {
+  pt_blas_init();
+  const struct {
+    pt_conv_params p;
+    bool relu;
+  } cases[] = {
+      {shape(1, 32, 64, 64, 32, 2, 2, 2, 2, true), true}, /* `large`'s layers */
+      {shape(1, 32, 64, 64, 32, 2, 2, 2, 2, true), false},
+      {shape(1, 3, 64, 64, 32, 2, 2, 2, 2, true), true},   /* its first */
+      {shape(1, 16, 13, 17, 16, 2, 2, 2, 2, true), true},  /* odd sizes: half tiles */
+      {shape(2, 8, 11, 9, 48, 1, 3, 0, 2, false), false},  /* batch 2, asymmetric pads */
+      {shape(1, 1, 5, 5, 16, 0, 0, 0, 0, true), true},     /* one output pixel */
+      {shape(1, 20, 40, 21, 64, 0, 0, 0, 0, false), true}, /* no padding, 32 + 32 channels */
+      {shape(1, 17, 24, 36, 80, 2, 1, 2, 1, true), false}, /* 32 + 32 + 16 channels */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check(&cases[i].p, cases[i].relu);
+
+  pt_conv_params no[] = {
+      shape(1, 8, 16, 16, 16, 2, 2, 2, 2, true), shape(1, 8, 16, 16, 24, 2, 2, 2, 2, true),
+      shape(1, 8, 16, 16, 16, 2, 2, 2, 2, true), shape(1, 8, 16, 16, 16, 2, 2, 2, 2, true)};
+  no[0].KH = no[0].KW = 3, no[0].OH = no[0].OW = 16; /* 3x3 */
+  no[2].SH = no[2].SW = 2, no[2].OH = no[2].OW = 8;  /* stride 2 */
+  no[3].G = 2;                                       /* groups */
+  for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
+    pt_error err;
+    pt_wino5 *k = pt_wino5_create(&no[i], false, &err);
+    CHECK(!k && !pt_wino5_fits(&no[i]) && err.code == PT_ERR_UNSUPPORTED,
+          "shape %zu (3x3, 24 output channels, stride 2, groups) refused", i);
+    pt_wino5_free(k);
+  }
+  PT_TEST_END();
+}
