@@ -399,6 +399,16 @@ static int bench_pt(const pt_conv_params *p, bool t, double flops, row *r) {
     r->rule_fwd = r->fwd[0];
     r->rule_bwd = r->bwd[0];
   }
+  /* inference plans may run another kernel (Winograd F(2x2, 5x5) on cpu/wino5.c) */
+  unsigned inf_ops = pt_dnnl_conv_preferred(p, t);
+  k.plan = inf_ops ? pt_dnnl_conv_plan_create(p, t, false, inf_ops | PT_DNNL_JIT_ONLY, &err) : NULL;
+  if (k.plan) {
+    char what[128];
+    snprintf(what, sizeof what, "executor's inference plan: forward [%s]",
+             pt_dnnl_conv_impl(k.plan));
+    timed(what, plan_fwd, &k, flops);
+    pt_dnnl_conv_plan_free(k.plan);
+  }
   free(k.x), free(k.dx), free(k.w), free(k.dw), free(k.b), free(k.db), free(k.y), free(k.dy);
   free(k.scratch);
   return rc;
