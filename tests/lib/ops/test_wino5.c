@@ -1,6 +1,7 @@
 /* Winograd F(2x2, 5x5) (lib/cpu/wino5.c) against the im2col + OpenBLAS convolution of conv.c:
  * the benchmark layers, odd image sizes (half tiles at the edges), asymmetric and zero padding,
  * batch 2, one input channel, with and without bias and ReLU; repeated calls bit-identical;
+ * weights at another address picked up;
  * weights changed in place (told, and so recomputed); NaN input confined to the tiles whose input
  * block holds it, and passed on by the ReLU; shapes it refuses. */
 #include <math.h>
@@ -82,6 +83,15 @@ static void check(const pt_conv_params *p, bool relu) {
   pt_wino5_forward(k, y, x, w, b);
   e = pt_test_max_err(y, ref, ny);
   CHECK(e < 1e-5, "%s: new weights at the same address: error %.3g", d, e);
+
+  /* other weights at another address: used without being told */
+  float *w2 = random_f(nw);
+  reference(ref, x, w2, b, p, relu);
+  pt_wino5_forward(k, y, x, w2, b);
+  e = pt_test_max_err(y, ref, ny);
+  CHECK(e < 1e-5, "%s: weights at another address: error %.3g", d, e);
+  free(w2);
+  reference(ref, x, w, b, p, relu);
 
   /* a NaN pixel: NaN in the outputs that read it, none outside its tiles' reach */
   if (p->N == 1 && p->H >= 12 && p->W >= 12) {
