@@ -287,6 +287,7 @@ def test_errors(models):
         ["run", model, "--input", frames, "--stages", "two"],
         ["run", model, "--input", frames, "--stages", "2", "--balance", "half"],
         ["run", model, "--input", frames, "--stages", "2", "--balance", "3,0"],
+        ["run", model, "--input", frames, "--stages", "2", "--balance", "3+,-1"],
         ["run", model, "--input", frames, "extra"],
         ["run", model, "--input", frames, "--train", "--loss", "cross-entropy"],
         ["run", model, "--input", frames, "--frames", "3"],
@@ -379,6 +380,14 @@ def test_bench_balance():
     rows = [line for line in r.stdout.splitlines() if line.split() and line.split()[0] in "01"]
     check(len(rows) == 2 and "predicted speedup" in r.stdout, f"balance output: {r.stdout!r}")
     r = ok_run("balance", "builtin:classifier", "--stages", "2", "--train")
+    # a cut inside conv2 (node 3, 32 output channels): stage 0 also computes channels 0-15
+    r = ok_run("balance", "builtin:classifier", "--stages", "2", "--balance", "3+16,-1")
+    check("balance 3+16,-1: 3+16,7" in r.stdout
+          and "stage 0 also runs output channels 0-15 of node 3" in r.stdout,
+          f"balance with a split convolution: {r.stdout!r}")
+    r = tool("balance", "builtin:classifier", "--stages", "2", "--balance", "2+16,-1")
+    check(r.returncode != 0 and "node 2 ('pool1') cannot be split" in r.stderr
+          and "not a convolution" in r.stderr, f"a split of a pool: {r.stderr!r}")
     r = ok_run("bench", "builtin:classifier", "--stages", "1,2", "--frames", "30")
     rows = [line.split() for line in r.stdout.splitlines()
             if line.split() and line.split()[0].isdigit()]
