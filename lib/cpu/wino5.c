@@ -26,7 +26,10 @@
 
 typedef float v16 __attribute__((vector_size(64)));
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__has_attribute)
+/* One copy per instruction set, picked when the library loads (an ifunc). Not under
+ * ThreadSanitizer, whose runtime is not up yet when ifunc resolvers run. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&                             \
+    !defined(__SANITIZE_THREAD__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
 #define PT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
@@ -51,6 +54,19 @@ struct pt_wino5 {
 };
 
 typedef int v16i __attribute__((vector_size(64)));
+
+/* The lanes of a and b interleaved: a0 b0 a1 b1 ... (the low half) and a8 b8 ... (the high). */
+#ifdef __clang__
+#define INTERLEAVE_LO(a, b)                                                                        \
+  __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23)
+#define INTERLEAVE_HI(a, b)                                                                        \
+  __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31)
+#else
+#define INTERLEAVE_LO(a, b)                                                                        \
+  __builtin_shuffle(a, b, (v16i){0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23})
+#define INTERLEAVE_HI(a, b)                                                                        \
+  __builtin_shuffle(a, b, (v16i){8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31})
+#endif
 
 /* Unaligned 16-float loads and stores (macros: a function passing v16 by value would change the
  * ABI between the clones) */
@@ -260,8 +276,6 @@ PT_CLONES static void multiply(pt_wino5 *w) {
 PT_CLONES static void transform_output(pt_wino5 *w, float *img, const float *b, int th) {
   const pt_conv_params *p = &w->p;
   const int OC = p->OC, TWp = w->TWp;
-  const v16i lo_idx = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
-  const v16i hi_idx = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
   for (int oc = 0; oc < OC; oc++) {
     const float bias = b ? b[oc] : 0.0f;
     for (int t0 = 0; t0 < w->TW; t0 += TILE_BLOCK) {
@@ -285,8 +299,7 @@ PT_CLONES static void transform_output(pt_wino5 *w, float *img, const float *b, 
         }
         float *dst = img + ((size_t)oc * p->OH + oy) * p->OW + 2 * t0;
         const int n = p->OW - 2 * t0; /* outputs left in the row */
-        const v16 lo = __builtin_shuffle(r[0], r[1], lo_idx),
-                  hi = __builtin_shuffle(r[0], r[1], hi_idx);
+        const v16 lo = INTERLEAVE_LO(r[0], r[1]), hi = INTERLEAVE_HI(r[0], r[1]);
         if (n >= 32) {
           STORE16(dst, lo);
           STORE16(dst + 16, hi);
