@@ -137,7 +137,8 @@ static pt_status parse_balance(const pt_model *m, int D, const char *balance, pt
   while (*s) {
     char *end;
     long c = strtol(s, &end, 10);
-    if (end == s || (c < 1 && c != -1) || k >= 64)
+    /* 0 only before "+C": a stage that holds nothing but part of a node */
+    if (end == s || (c < 1 && c != -1 && !(c == 0 && *end == '+')) || k >= 64)
       return pt_error_set(err, PT_ERR_INVALID,
                           "balance '%s': expected 'auto' or node counts like '3,4,-1' or '9+16,-1'",
                           balance);

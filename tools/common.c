@@ -132,8 +132,8 @@ static bool balance_syntax_ok(const char *s) {
     char *end;
     errno = 0;
     long v = strtol(p, &end, 10);
-    if (end == p || errno || (v < 1 && v != -1)) return false;
-    if (*end == '+' && v >= 1) {
+    if (end == p || errno || (v < 1 && v != -1 && !(v == 0 && *end == '+'))) return false;
+    if (*end == '+' && v >= 0) {
       const char *c = end + 1;
       long ch = strtol(c, &end, 10);
       if (end == c || errno || ch < 1) return false;

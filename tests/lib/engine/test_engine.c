@@ -712,6 +712,16 @@ static void test_split(void) {
     worst = fmax(worst, fabs(a.outputs[i] - b.outputs[i]) / (1e-3 + fabs(a.outputs[i])));
   CHECK(a.outputs && b.outputs && worst < 1e-5,
         "split inference gives the one-stage outputs (worst relative error %.2g)", worst);
+  /* two splits, the first of node 0 (the graph input crosses the boundary) */
+  pt_stream *s3 = open_stream(m, 3, "0+4,6+8,-1", true, PT_LOSS_NONE, PT_OPT_SGD, 0);
+  run_out c3 = run_frames(m, s3, 40, 9, "0+4,6+8,-1");
+  double worst3 = c3.outputs ? 0 : INFINITY;
+  for (int i = 0; a.outputs && c3.outputs && i < 40 * 10; i++)
+    worst3 = fmax(worst3, fabs(a.outputs[i] - c3.outputs[i]) / (1e-3 + fabs(a.outputs[i])));
+  CHECK(a.outputs && worst3 < 1e-5, "two split convolutions in three stages: worst error %.2g",
+        worst3);
+  free_run(&c3);
+  pt_stream_free(s3);
   free_run(&a);
   free_run(&b);
   pt_stream_free(s1);
@@ -723,7 +733,7 @@ static void test_split(void) {
   } bad[] = {{"5+8,-1", "not a convolution"},
              {"6+16,-1", "between 1 and the output channels"},
              {"6,6+4", "last stage"},
-             {"6+8,0+4,-1", "node counts"},
+             {"6+8,0+4,-1", "two stages at most"},
              {"-1+4,6", "'+C' follows a node count"},
              {"6+4,0,-1", "node counts"}};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

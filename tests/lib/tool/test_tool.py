@@ -385,6 +385,8 @@ def test_bench_balance():
     check("balance 3+16,-1: 3+16,7" in r.stdout
           and "stage 0 also runs output channels 0-15 of node 3" in r.stdout,
           f"balance with a split convolution: {r.stdout!r}")
+    r = ok_run("balance", "builtin:classifier", "--stages", "2", "--balance", "0+8,-1")
+    check("balance 0+8,-1: 0+8,10" in r.stdout, f"a stage of part of node 0: {r.stdout!r}")
     r = tool("balance", "builtin:classifier", "--stages", "2", "--balance", "2+16,-1")
     check(r.returncode != 0 and "node 2 ('pool1') cannot be split" in r.stderr
           and "not a convolution" in r.stderr, f"a split of a pool: {r.stderr!r}")
