@@ -5,6 +5,7 @@
  * is the floats crossing it (the graph output counts as read at the very end). Moving a float
  * between CPU stages costs a copy at most; it is charged at PT_CUT_S_PER_FLOAT, twice when training
  * (the gradient goes back the same way). */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -147,10 +148,13 @@ static pt_status parse_balance(const pt_model *m, int D, const char *balance, pt
         return pt_error_set(err, PT_ERR_INVALID, "balance '%s': only one -1 is allowed", balance);
       rest = k;
     }
+    if (c > n)
+      return pt_error_set(err, PT_ERR_INVALID, "balance '%s': %ld nodes in a stage, but %s has %d",
+                          balance, c, m->name, n);
     if (*end == '+') {
       const char *cs = end + 1;
       long ch = strtol(cs, &end, 10);
-      if (end == cs || ch < 1 || c == -1)
+      if (end == cs || ch < 1 || ch > INT_MAX || c == -1)
         return pt_error_set(err, PT_ERR_INVALID,
                             "balance '%s': '+C' follows a node count and names C >= 1 output "
                             "channels of the next node, as in '9+16,-1'",
@@ -171,25 +175,27 @@ static pt_status parse_balance(const pt_model *m, int D, const char *balance, pt
     return pt_error_set(err, PT_ERR_INVALID,
                         "balance '%s': the last stage has no next stage to share a node with",
                         balance);
-  int sum = 0;
+  int64_t sum = 0; /* each count is at most n: no overflow */
   for (int i = 0; i < k; i++)
     if (i != rest) sum += counts[i];
   if (rest >= 0) {
     if (sum >= n)
       return pt_error_set(err, PT_ERR_INVALID,
-                          "balance '%s': %d nodes before -1 leave nothing of the model's %d",
-                          balance, sum, n);
-    counts[rest] = n - sum;
+                          "balance '%s': %lld nodes before -1 leave nothing of the model's %d",
+                          balance, (long long)sum, n);
+    counts[rest] = (int)(n - sum);
     sum = n;
   }
   if (sum != n)
-    return pt_error_set(err, PT_ERR_INVALID, "balance '%s' covers %d nodes but %s has %d", balance,
-                        sum, m->name, n);
+    return pt_error_set(err, PT_ERR_INVALID, "balance '%s' covers %lld nodes but %s has %d",
+                        balance, (long long)sum, m->name, n);
   p->first[0] = 0;
   for (int i = 0; i < D; i++) p->first[i + 1] = p->first[i] + counts[i];
   for (int i = 0; i + 1 < D; i++) {
     if (!split[i]) continue;
     int node = p->first[i + 1];
+    if (node < 0 || node >= n)
+      return pt_error_set(err, PT_ERR_INVALID, "balance '%s': no node %d to split", balance, node);
     const char *why = pt_split_refusal(m, node, split[i]);
     if (why)
       return pt_error_set(err, PT_ERR_INVALID,

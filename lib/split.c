@@ -94,11 +94,10 @@ static pt_status copy_node(pt_model *d, pt_node *dst, const pt_node *src, const 
 
 /* Replaces node i of m (and its activation, when it moves with the halves) by the two halves and
  * their Concat, appending to d. Returns the number of original nodes consumed, or -1. */
-static int emit_split(pt_model *d, int *cap, const pt_model *m, int i, int C, int *first_of_next,
-                      pt_error *err) {
+static int emit_split(pt_model *d, int *cap, const pt_model *m, int i, int C, bool act,
+                      int *first_of_next, pt_error *err) {
   const pt_node *cv = &m->nodes[i];
   const pt_conv_params *p = &cv->p.conv;
-  bool act = pt_split_carries_act(m, i);
   const pt_node *an = act ? &m->nodes[i + 1] : NULL;
   int y = cv->out[0], out = act ? an->out[0] : y;
   const pt_value *w = &m->vals[cv->in[1]];
@@ -195,9 +194,12 @@ pt_status pt_split_derive(const pt_model *m, const pt_partition *p, pt_model **o
     /* stages that begin at node i with a whole node */
     while (j + 1 < p->D && p->first[j + 1] == i && !p->split[j]) first[++j] = d->n_nodes;
     if (j + 1 < p->D && p->first[j + 1] == i && p->split[j]) {
-      int used = emit_split(d, &cap, m, i, p->split[j], &first[j + 1], err);
+      /* the activation moves with the halves unless the next stage holds nothing but the rest of
+       * the convolution (the activation then begins the stage after) */
+      bool act = pt_split_carries_act(m, i) && !(j + 2 <= p->D && p->first[j + 2] == i + 1);
+      int used = emit_split(d, &cap, m, i, p->split[j], act, &first[j + 1], err);
       if (used < 0) {
-        st = err->code ? err->code : PT_ERR_NOMEM;
+        st = err && err->code ? err->code : PT_ERR_NOMEM;
         break;
       }
       j++;
@@ -206,7 +208,7 @@ pt_status pt_split_derive(const pt_model *m, const pt_partition *p, pt_model **o
     }
     pt_node *nd = add_node(d, &cap, err);
     if (!nd || copy_node(d, nd, &m->nodes[i], "", err)) {
-      st = err->code ? err->code : PT_ERR_NOMEM;
+      st = err && err->code ? err->code : PT_ERR_NOMEM;
       break;
     }
     i++;

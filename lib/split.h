@@ -3,7 +3,8 @@
  * Stage i computes output channels [0, C) of the convolution and stage i + 1 the rest; stage i + 1
  * joins the two halves with a Concat. Where an elementwise activation is the convolution's only
  * reader it moves with each half (it commutes with the Concat), so both halves keep their fused
- * activation and the cut follows an activation, as auto prefers.
+ * activation and the cut follows an activation, as auto prefers; unless stage i + 1 holds nothing
+ * but the rest of the convolution, when the activation begins stage i + 2 as it is.
  *
  * The stream runs a derived graph: the model's values (shared, not copied), the split nodes
  * replaced by conv_a [act_a] conv_b [act_b] concat, and the weights and bias of each half as

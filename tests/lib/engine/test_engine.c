@@ -712,9 +712,21 @@ static void test_split(void) {
     worst = fmax(worst, fabs(a.outputs[i] - b.outputs[i]) / (1e-3 + fabs(a.outputs[i])));
   CHECK(a.outputs && b.outputs && worst < 1e-5,
         "split inference gives the one-stage outputs (worst relative error %.2g)", worst);
+  /* a stage holding nothing but the rest of a split convolution: its Relu begins the next one */
+  pt_stream *s4 = open_stream(m, 3, "6+8,1,-1", true, PT_LOSS_NONE, PT_OPT_SGD, 0);
+  run_out c4 = {0};
+  if (s4) c4 = run_frames(m, s4, 40, 9, "6+8,1,-1");
+  double worst4 = c4.outputs ? 0 : INFINITY;
+  for (int i = 0; a.outputs && c4.outputs && i < 40 * 10; i++)
+    worst4 = fmax(worst4, fabs(a.outputs[i] - c4.outputs[i]) / (1e-3 + fabs(a.outputs[i])));
+  CHECK(s4 && a.outputs && worst4 < 1e-5, "6+8,1,-1 (the rest of node 6 alone): worst error %.2g",
+        worst4);
+  free_run(&c4);
+  pt_stream_free(s4);
   /* two splits, the first of node 0 (the graph input crosses the boundary) */
   pt_stream *s3 = open_stream(m, 3, "0+4,6+8,-1", true, PT_LOSS_NONE, PT_OPT_SGD, 0);
-  run_out c3 = run_frames(m, s3, 40, 9, "0+4,6+8,-1");
+  run_out c3 = {0};
+  if (s3) c3 = run_frames(m, s3, 40, 9, "0+4,6+8,-1");
   double worst3 = c3.outputs ? 0 : INFINITY;
   for (int i = 0; a.outputs && c3.outputs && i < 40 * 10; i++)
     worst3 = fmax(worst3, fabs(a.outputs[i] - c3.outputs[i]) / (1e-3 + fabs(a.outputs[i])));
@@ -735,7 +747,10 @@ static void test_split(void) {
              {"6,6+4", "last stage"},
              {"6+8,0+4,-1", "two stages at most"},
              {"-1+4,6", "'+C' follows a node count"},
-             {"6+4,0,-1", "node counts"}};
+             {"6+4,0,-1", "node counts"},
+             {"2147483648,-1", "nodes in a stage"}, /* would wrap in an int */
+             {"1,1+16,4294967204", "nodes in a stage"},
+             {"6+4294967304,-1", "'+C' follows a node count"}};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     pt_stream_opts o;
     pt_stream_opts_init(&o);
