@@ -701,43 +701,33 @@ static void test_split(void) {
         pt_model_free(mb);
       }
 
-  /* Inference: the split network computes the model's function (other kernels: not bitwise). */
+  /* Inference: split networks compute the model's function (other kernels: not bitwise). */
   pt_model *m = load("convnet.onnx");
   if (!m) return;
   pt_stream *s1 = open_stream(m, 1, NULL, false, PT_LOSS_NONE, PT_OPT_SGD, 0);
-  pt_stream *s2 = open_stream(m, 2, "6+8,-1", true, PT_LOSS_NONE, PT_OPT_SGD, 0);
-  run_out a = run_frames(m, s1, 40, 9, "one stage"), b = run_frames(m, s2, 40, 9, "6+8,-1");
-  double worst = 0;
-  for (int i = 0; a.outputs && b.outputs && i < 40 * 10; i++)
-    worst = fmax(worst, fabs(a.outputs[i] - b.outputs[i]) / (1e-3 + fabs(a.outputs[i])));
-  CHECK(a.outputs && b.outputs && worst < 1e-5,
-        "split inference gives the one-stage outputs (worst relative error %.2g)", worst);
-  /* a stage holding nothing but the rest of a split convolution: its Relu begins the next one */
-  pt_stream *s4 = open_stream(m, 3, "6+8,1,-1", true, PT_LOSS_NONE, PT_OPT_SGD, 0);
-  run_out c4 = {0};
-  if (s4) c4 = run_frames(m, s4, 40, 9, "6+8,1,-1");
-  double worst4 = c4.outputs ? 0 : INFINITY;
-  for (int i = 0; a.outputs && c4.outputs && i < 40 * 10; i++)
-    worst4 = fmax(worst4, fabs(a.outputs[i] - c4.outputs[i]) / (1e-3 + fabs(a.outputs[i])));
-  CHECK(s4 && a.outputs && worst4 < 1e-5, "6+8,1,-1 (the rest of node 6 alone): worst error %.2g",
-        worst4);
-  free_run(&c4);
-  pt_stream_free(s4);
-  /* two splits, the first of node 0 (the graph input crosses the boundary) */
-  pt_stream *s3 = open_stream(m, 3, "0+4,6+8,-1", true, PT_LOSS_NONE, PT_OPT_SGD, 0);
-  run_out c3 = {0};
-  if (s3) c3 = run_frames(m, s3, 40, 9, "0+4,6+8,-1");
-  double worst3 = c3.outputs ? 0 : INFINITY;
-  for (int i = 0; a.outputs && c3.outputs && i < 40 * 10; i++)
-    worst3 = fmax(worst3, fabs(a.outputs[i] - c3.outputs[i]) / (1e-3 + fabs(a.outputs[i])));
-  CHECK(a.outputs && worst3 < 1e-5, "two split convolutions in three stages: worst error %.2g",
-        worst3);
-  free_run(&c3);
-  pt_stream_free(s3);
+  run_out a = run_frames(m, s1, 40, 9, "one stage");
+  const struct {
+    int D;
+    const char *balance, *what;
+  } inf[] = {{2, "6+8,-1", "one split"},
+             /* a stage of nothing but the rest of a split: its Relu begins the next stage */
+             {3, "6+8,1,-1", "the rest of node 6 alone"},
+             /* the first split of node 0: the graph input crosses the boundary */
+             {3, "0+4,6+8,-1", "two splits in three stages"}};
+  for (size_t i = 0; i < sizeof inf / sizeof inf[0]; i++) {
+    pt_stream *sx = open_stream(m, inf[i].D, inf[i].balance, true, PT_LOSS_NONE, PT_OPT_SGD, 0);
+    run_out b = {0};
+    if (sx) b = run_frames(m, sx, 40, 9, inf[i].balance);
+    double worst = a.outputs && b.outputs ? 0 : INFINITY;
+    for (int k = 0; a.outputs && b.outputs && k < 40 * 10; k++)
+      worst = fmax(worst, fabs(a.outputs[k] - b.outputs[k]) / (1e-3 + fabs(a.outputs[k])));
+    CHECK(worst < 1e-5, "%s (%s): the one-stage outputs, worst relative error %.2g", inf[i].balance,
+          inf[i].what, worst);
+    free_run(&b);
+    pt_stream_free(sx);
+  }
   free_run(&a);
-  free_run(&b);
   pt_stream_free(s1);
-  pt_stream_free(s2);
 
   /* What cannot be split, said clearly and before anything runs. */
   struct {
