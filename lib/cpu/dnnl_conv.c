@@ -309,6 +309,24 @@ static void destroy_pd(dnnl_primitive_desc_t *pd) {
   *pd = NULL;
 }
 
+/* The primitive for descriptor d (a direct one), with Winograd instead where `winograd` asks for it
+ * and oneDNN has it for this computation (d then says Winograd, so that descriptors copied from it
+ * keep the algorithm). Winograd and direct primitives share the blocked layouts, so either is a
+ * valid hint for the other. */
+static dnnl_status_t make_pd(dnnl_primitive_desc_t *pd, dnnl_convolution_desc_t *d, bool winograd,
+                             const_dnnl_primitive_attr_t attr, dnnl_engine_t eng,
+                             const_dnnl_primitive_desc_t hint) {
+  if (winograd) {
+    dnnl_convolution_desc_t w = *d;
+    w.alg_kind = dnnl_convolution_winograd;
+    if (dnnl_primitive_desc_create(pd, &w, attr, eng, hint) == dnnl_success) {
+      *d = w;
+      return dnnl_success;
+    }
+  }
+  return dnnl_primitive_desc_create(pd, d, attr, eng, hint);
+}
+
 static int plan_build(pt_dnnl_conv *c, bool jit_only, pt_error *err) {
   const pt_conv_params *p = &c->p;
   const char *what = "plan";
@@ -353,53 +371,33 @@ static int plan_build(pt_dnnl_conv *c, bool jit_only, pt_error *err) {
    * forward_inference it picks brgemm-based ones that ran up to 2.5x slower here at batch 1
    * (bench/conv_bench); and a layer then computes the same bits whether or not it trains */
   const dnnl_prop_kind_t prop = dnnl_forward_training;
-  /* Winograd where asked and oneDNN has it for the computation (its kernel is JIT-compiled or
-   * absent), direct convolution otherwise; the winograd forward is a valid hint for direct
-   * backward and the other way round (they share the blocked layouts) */
-  const dnnl_alg_kind_t wino = c->winograd ? dnnl_convolution_winograd : dnnl_convolution_direct;
   if (c->transpose) {
     st = dnnl_dilated_deconvolution_forward_desc_init(&fd, prop, dnnl_deconvolution_direct, &a_src,
                                                       &a_wei, bia, &a_dst, strides, dil, pad_l,
                                                       pad_r);
   } else {
-    st = dnnl_dilated_convolution_forward_desc_init(&fd, prop, wino, &a_src, &a_wei, bia, &a_dst,
-                                                    strides, dil, pad_l, pad_r);
-    if (st == dnnl_success &&
-        dnnl_primitive_desc_create(&fpd, &fd, attr, c->eng, NULL) != dnnl_success)
-      st = dnnl_dilated_convolution_forward_desc_init(&fd, prop, dnnl_convolution_direct, &a_src,
-                                                      &a_wei, bia, &a_dst, strides, dil, pad_l,
-                                                      pad_r);
+    st =
+        dnnl_dilated_convolution_forward_desc_init(&fd, prop, dnnl_convolution_direct, &a_src,
+                                                   &a_wei, bia, &a_dst, strides, dil, pad_l, pad_r);
   }
-  if (st == dnnl_success && !fpd) st = dnnl_primitive_desc_create(&fpd, &fd, attr, c->eng, NULL);
+  if (st == dnnl_success) st = make_pd(&fpd, &fd, c->winograd, attr, c->eng, NULL);
   if (st == dnnl_success && (c->ops & PT_DNNL_BACKWARD_DATA)) {
-    if (c->transpose) {
+    if (c->transpose)
       st = dnnl_dilated_deconvolution_backward_data_desc_init(
           &bdd, dnnl_deconvolution_direct, &a_src, &a_wei, &a_dst, strides, dil, pad_l, pad_r);
-    } else {
-      st = dnnl_dilated_convolution_backward_data_desc_init(&bdd, wino, &a_src, &a_wei, &a_dst,
-                                                            strides, dil, pad_l, pad_r);
-      if (st == dnnl_success &&
-          dnnl_primitive_desc_create(&bdpd, &bdd, attr, c->eng, fpd) != dnnl_success)
-        st = dnnl_dilated_convolution_backward_data_desc_init(
-            &bdd, dnnl_convolution_direct, &a_src, &a_wei, &a_dst, strides, dil, pad_l, pad_r);
-    }
-    if (st == dnnl_success && !bdpd)
-      st = dnnl_primitive_desc_create(&bdpd, &bdd, attr, c->eng, fpd);
+    else
+      st = dnnl_dilated_convolution_backward_data_desc_init(
+          &bdd, dnnl_convolution_direct, &a_src, &a_wei, &a_dst, strides, dil, pad_l, pad_r);
+    if (st == dnnl_success) st = make_pd(&bdpd, &bdd, c->winograd, attr, c->eng, fpd);
   }
   if (st == dnnl_success && (c->ops & PT_DNNL_BACKWARD_WEIGHTS)) {
-    if (c->transpose) {
+    if (c->transpose)
       st = dnnl_dilated_deconvolution_backward_weights_desc_init(
           &bwd, dnnl_deconvolution_direct, &a_src, &a_wei, bia, &a_dst, strides, dil, pad_l, pad_r);
-    } else {
-      st = dnnl_dilated_convolution_backward_weights_desc_init(&bwd, wino, &a_src, &a_wei, bia,
-                                                               &a_dst, strides, dil, pad_l, pad_r);
-      if (st == dnnl_success &&
-          dnnl_primitive_desc_create(&bwpd, &bwd, attr, c->eng, fpd) != dnnl_success)
-        st = dnnl_dilated_convolution_backward_weights_desc_init(
-            &bwd, dnnl_convolution_direct, &a_src, &a_wei, bia, &a_dst, strides, dil, pad_l, pad_r);
-    }
-    if (st == dnnl_success && !bwpd)
-      st = dnnl_primitive_desc_create(&bwpd, &bwd, attr, c->eng, fpd);
+    else
+      st = dnnl_dilated_convolution_backward_weights_desc_init(
+          &bwd, dnnl_convolution_direct, &a_src, &a_wei, bia, &a_dst, strides, dil, pad_l, pad_r);
+    if (st == dnnl_success) st = make_pd(&bwpd, &bwd, c->winograd, attr, c->eng, fpd);
   }
   dnnl_primitive_attr_destroy(attr);
   what = c->transpose ? "deconvolution" : "convolution";
