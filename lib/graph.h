@@ -63,8 +63,6 @@ struct pt_model {
   int n_outputs;
   int64_t opset;
   void *proto; /* Onnx__ModelProto, kept for saving */
-  const struct pt_model *base; /* a stream's derived graph (split.h): the model whose values it
-                                * shares; NULL for a loaded model */
 };
 
 /* Allocation helpers used by the importer and the builtin models. */

@@ -80,16 +80,22 @@ static pt_node *add_node(pt_model *d, int *cap, pt_error *err) {
   return nd;
 }
 
+/* Gives node nd (owned) copies of its name, `name` + `suffix`, and its op type. */
+static pt_status name_node(pt_model *d, pt_node *nd, const char *name, const char *suffix,
+                           const char *op_type, pt_error *err) {
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s%s", name ? name : "", suffix);
+  nd->name = strdup(buf);
+  nd->op_type = strdup(op_type ? op_type : "");
+  if (!nd->name || !nd->op_type)
+    return pt_error_set(err, PT_ERR_NOMEM, "%s: out of memory splitting a convolution", d->name);
+  return PT_OK;
+}
+
 static pt_status copy_node(pt_model *d, pt_node *dst, const pt_node *src, const char *suffix,
                            pt_error *err) {
   *dst = *src;
-  char buf[256];
-  snprintf(buf, sizeof buf, "%s%s", src->name ? src->name : "", suffix);
-  dst->name = strdup(buf);
-  dst->op_type = strdup(src->op_type ? src->op_type : "");
-  if (!dst->name || !dst->op_type)
-    return pt_error_set(err, PT_ERR_NOMEM, "%s: out of memory splitting a convolution", d->name);
-  return PT_OK;
+  return name_node(d, dst, src->name, suffix, src->op_type, err);
 }
 
 /* Replaces node i of m (and its activation, when it moves with the halves) by the two halves and
@@ -134,15 +140,7 @@ static int emit_split(pt_model *d, int *cap, const pt_model *m, int i, int C, bo
     }
   }
   pt_node *cn = add_node(d, cap, err);
-  if (!cn) return -1;
-  char buf[256];
-  snprintf(buf, sizeof buf, "%s/join", cv->name ? cv->name : "");
-  cn->name = strdup(buf);
-  cn->op_type = strdup("Concat");
-  if (!cn->name || !cn->op_type) {
-    pt_error_set(err, PT_ERR_NOMEM, "%s: out of memory splitting a convolution", d->name);
-    return -1;
-  }
+  if (!cn || name_node(d, cn, cv->name, "/join", "Concat", err)) return -1;
   cn->op = PT_OP_CONCAT;
   cn->n_in = 2;
   cn->in[0] = part_out[0];
@@ -164,21 +162,24 @@ pt_status pt_split_derive(const pt_model *m, const pt_partition *p, pt_model **o
   *out = NULL;
   pt_model *d = calloc(1, sizeof *d);
   if (!d) return pt_error_set(err, PT_ERR_NOMEM, "%s: out of memory", m->name);
-  d->base = m;
   d->name = strdup(m->name);
-  /* room as pt_graph_add_value() expects it: 8, or the next power of two */
-  size_t room = 8;
-  while (room < (size_t)m->n_vals) room *= 2;
-  d->vals = malloc(sizeof *d->vals * room);
   d->inputs = malloc(sizeof *d->inputs * (size_t)(m->n_inputs ? m->n_inputs : 1));
   d->outputs = malloc(sizeof *d->outputs * (size_t)(m->n_outputs ? m->n_outputs : 1));
-  if (!d->name || !d->vals || !d->inputs || !d->outputs) {
+  if (!d->name || !d->inputs || !d->outputs) {
     pt_split_free(d);
     return pt_error_set(err, PT_ERR_NOMEM, "%s: out of memory", m->name);
   }
-  /* Values are shared: the derived graph owns none of the base's names or data (pt_split_free). */
-  memcpy(d->vals, m->vals, sizeof *d->vals * (size_t)m->n_vals);
-  d->n_vals = m->n_vals;
+  /* Values keep their indices and share their data with the model's (pt_split_free); only the
+   * names are copies. */
+  for (int v = 0; v < m->n_vals; v++) {
+    if (pt_graph_add_value(d, m->vals[v].name, err) < 0) {
+      pt_split_free(d);
+      return PT_ERR_NOMEM;
+    }
+    char *name = d->vals[v].name;
+    d->vals[v] = m->vals[v];
+    d->vals[v].name = name;
+  }
   memcpy(d->inputs, m->inputs, sizeof *d->inputs * (size_t)m->n_inputs);
   memcpy(d->outputs, m->outputs, sizeof *d->outputs * (size_t)m->n_outputs);
   d->n_inputs = m->n_inputs;
@@ -199,7 +200,7 @@ pt_status pt_split_derive(const pt_model *m, const pt_partition *p, pt_model **o
       bool act = pt_split_carries_act(m, i) && !(j + 2 <= p->D && p->first[j + 2] == i + 1);
       int used = emit_split(d, &cap, m, i, p->split[j], act, &first[j + 1], err);
       if (used < 0) {
-        st = err && err->code ? err->code : PT_ERR_NOMEM;
+        st = PT_ERR_NOMEM; /* what every step can fail with */
         break;
       }
       j++;
@@ -208,7 +209,7 @@ pt_status pt_split_derive(const pt_model *m, const pt_partition *p, pt_model **o
     }
     pt_node *nd = add_node(d, &cap, err);
     if (!nd || copy_node(d, nd, &m->nodes[i], "", err)) {
-      st = err && err->code ? err->code : PT_ERR_NOMEM;
+      st = PT_ERR_NOMEM;
       break;
     }
     i++;
@@ -230,14 +231,9 @@ pt_status pt_split_derive(const pt_model *m, const pt_partition *p, pt_model **o
 
 void pt_split_free(pt_model *d) {
   if (!d) return;
-  const pt_model *m = d->base;
-  for (int v = 0; v < d->n_vals; v++) {
-    if (m && v < m->n_vals) { /* the base's */
-      d->vals[v].name = NULL;
-      d->vals[v].ival = NULL;
-    }
-    d->vals[v].data = NULL; /* the base's, or rows of them */
+  for (int v = 0; v < d->n_vals; v++) { /* the model's, or rows of them */
+    d->vals[v].data = NULL;
+    d->vals[v].ival = NULL;
   }
-  d->proto = NULL;
   pt_graph_free(d);
 }

@@ -6,8 +6,8 @@
  * activation and the cut follows an activation, as auto prefers; unless stage i + 1 holds nothing
  * but the rest of the convolution, when the activation begins stage i + 2 as it is.
  *
- * The stream runs a derived graph: the model's values (shared, not copied), the split nodes
- * replaced by conv_a [act_a] conv_b [act_b] concat, and the weights and bias of each half as
+ * The stream runs a derived graph: the model's values (their data shared, not copied), the split
+ * nodes replaced by conv_a [act_a] conv_b [act_b] concat, and the weights and bias of each half as
  * parameters aliasing the rows of the original initializer. Output channels are the leading
  * dimension of the weights, so each half is contiguous; training updates the model's own weights in
  * place and a saved model has the original graph. */
