@@ -229,7 +229,7 @@ void pt_partition_str(const pt_partition *p, char *buf, size_t n) {
 typedef struct cut_pos {
   int node, ch;
   double pre;  /* cost of everything before the cut */
-  double cut;  /* cost of what crosses the cut */
+  double cut;  /* cost of what crosses the cut (none at either end of the graph) */
   double join; /* a split: the Concat the next stage runs */
   int bad;     /* how much auto avoids this cut: 0 after an activation or pooling, 1 inside a
                   convolution whose activation moves with its halves, 2 elsewhere */
@@ -283,6 +283,12 @@ static cut_pos *cut_positions(const pt_model *m, const double *cost, const int64
   return ps;
 }
 
+/* The cost of a stage from position a to position e: its nodes, the Concat of a split it finishes,
+ * and what crosses the cut after it (nothing after the last node). */
+static double stage_cost(const cut_pos *a, const cut_pos *e) {
+  return e->pre - a->pre + a->join + e->cut;
+}
+
 /* A stage from position a to position b is possible when it holds something and does not take two
  * parts of one node (a node is split between two stages at most). */
 static bool stage_ok(const cut_pos *a, const cut_pos *b) {
@@ -321,9 +327,6 @@ pt_status pt_partition_make(const pt_model *m, int D, const char *balance, const
   p->node_total = cost ? ps[np - 1].pre : NAN;
 #define B(s, e) best[(size_t)(s)*np + (e)]
 #define A(s, e) arg[(size_t)(s)*np + (e)]
-  /* stage cost from position a to position e: its nodes, the Concat of a split it finishes, and
-   * the cut after it (none after the last node) */
-#define SC(a, e) (ps[e].pre - ps[a].pre + ps[a].join + ((e) < np - 1 ? ps[e].cut : 0.0))
   if (balance && strcmp(balance, "auto") != 0) {
     st = parse_balance(m, D, balance, p, err);
   } else {
@@ -335,7 +338,7 @@ pt_status pt_partition_make(const pt_model *m, int D, const char *balance, const
       for (int e = 1; e < np; e++)
         for (int a = 0; a < e; a++) {
           if (!isfinite(B(s - 1, a)) || !stage_ok(&ps[a], &ps[e])) continue;
-          double c = fmax(B(s - 1, a), SC(a, e));
+          double c = fmax(B(s - 1, a), stage_cost(&ps[a], &ps[e]));
           if (c < B(s, e)) {
             B(s, e) = c;
             A(s, e) = a;
@@ -356,10 +359,10 @@ pt_status pt_partition_make(const pt_model *m, int D, const char *balance, const
       for (int e = 1; e < np; e++)
         for (int a = 0; a < e; a++) {
           if (!isfinite(B(s - 1, a)) || !stage_ok(&ps[a], &ps[e])) continue;
-          double c = SC(a, e);
+          double c = stage_cost(&ps[a], &ps[e]);
           if (c > limit) continue;
           double prev = B(s - 1, a);
-          double bad = floor(prev / 1e6) + (e < np - 1 ? ps[e].bad : 0);
+          double bad = floor(prev / 1e6) + ps[e].bad; /* 0 at the end */
           double mx = fmax(prev - floor(prev / 1e6) * 1e6, c);
           double v = bad * 1e6 + mx;
           if (v < B(s, e)) {
@@ -385,14 +388,12 @@ pt_status pt_partition_make(const pt_model *m, int D, const char *balance, const
       }
       if (e < n) pre += cost[e];
     }
-    for (int i = 0; i < D; i++)
-      p->cost[i] = ends[i + 1].pre - ends[i].pre + ends[i].join + (i + 1 < D ? ends[i + 1].cut : 0);
+    for (int i = 0; i < D; i++) p->cost[i] = stage_cost(&ends[i], &ends[i + 1]);
   } else if (!st) {
     for (int i = 0; i < D; i++) p->cost[i] = NAN;
   }
 #undef B
 #undef A
-#undef SC
 out:
   free(ps);
   free(cf);
