@@ -1091,30 +1091,15 @@ gst_partimenet_rebuild_stream (GstPartimenet * self, const gchar * balance,
 static gboolean
 gst_partimenet_fit_raw (GstPartimenet * self, GError ** error)
 {
-  pt_stream_stats *st;
-  GString *balance;
-  gboolean ok;
-  gint j;
+  gchar balance[1024];
 
   if (!self->eng || !self->have_info || self->raw_size <= self->eng->raw_bytes)
     return TRUE;
-  st = g_new0 (pt_stream_stats, 1);
-  pt_stream_get_stats (self->eng->stream, st);
-  balance = g_string_new (NULL);
-  for (j = 0; j < st->stages; j++)
-  {
-    g_string_append_printf (balance, j ? ",%d" : "%d", st->stage[j].n_nodes);
-    if (st->stage[j].split_channels)
-      g_string_append_printf (balance, "+%d", st->stage[j].split_channels);
-  }
-  g_free (st);
+  pt_stream_balance (self->eng->stream, balance, sizeof (balance));
   GST_DEBUG_OBJECT (self, "frames of %" G_GSIZE_FORMAT " bytes need a new "
       "stream (the running one takes %" G_GSIZE_FORMAT "); balance %s",
-      self->raw_size, self->eng->raw_bytes, balance->str);
-  ok = gst_partimenet_rebuild_stream (self, balance->str, self->raw_size,
-      error);
-  g_string_free (balance, TRUE);
-  return ok;
+      self->raw_size, self->eng->raw_bytes, balance);
+  return gst_partimenet_rebuild_stream (self, balance, self->raw_size, error);
 }
 
 /* Makes `e` the running engine: buffers sized for its shapes, converter, pool. Streaming thread

@@ -1145,6 +1145,16 @@ const char *pt_stream_last_error(const pt_stream *s) {
   return s->last_error;
 }
 
+void pt_stream_balance(const pt_stream *s, char *buf, size_t n) {
+  pt_partition p = {.D = s->D};
+  for (int j = 0; j < s->D; j++) {
+    p.first[j] = s->st[j].node_first;
+    p.split[j] = s->st[j].split;
+  }
+  p.first[s->D] = s->st[s->D - 1].node_end;
+  pt_partition_str(&p, buf, n);
+}
+
 void pt_stream_get_stats(const pt_stream *s, pt_stream_stats *st) {
   pt_stream *w = (pt_stream *)s;
   memset(st, 0, sizeof *st);

@@ -158,14 +158,8 @@ int tool_cmd_balance(int argc, char **argv) {
   printf("model     %s\n", pt_model_name(m));
   printf("mode      %s\n",
          so.train.enabled ? "training (forward + backward + update)" : "inference");
-  char chosen[512] = "";
-  for (int j = 0, used = 0; j < b.stages && used < (int)sizeof chosen; j++) {
-    const pt_stage_stats *sb = &b.stage[j];
-    used += sb->split_channels
-                ? snprintf(chosen + used, sizeof chosen - used, "%s%d+%d", j ? "," : "",
-                           sb->n_nodes, sb->split_channels)
-                : snprintf(chosen + used, sizeof chosen - used, "%s%d", j ? "," : "", sb->n_nodes);
-  }
+  char chosen[1024];
+  pt_stream_balance(s, chosen, sizeof chosen);
   printf("stages    %d (balance %s: %s)\n", b.stages, o.balance ? o.balance : "auto", chosen);
   for (int j = 0; j < b.stages; j++)
     if (b.stage[j].split_channels)

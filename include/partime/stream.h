@@ -185,6 +185,10 @@ typedef struct pt_stream_stats {
 
 void pt_stream_get_stats(const pt_stream *s, pt_stream_stats *st);
 
+/* The stream's cut as a balance string ("8+16,9"), which gives the same cut again when passed as
+ * pt_stream_opts.balance; truncated to n - 1 characters. */
+void pt_stream_balance(const pt_stream *s, char *buf, size_t n);
+
 #ifdef __cplusplus
 }
 #endif
