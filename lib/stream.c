@@ -415,13 +415,14 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
   /* a convolution split across a cut: the stages run a derived graph */
   int first[PT_MAX_STAGES + 1];
   memcpy(first, part.first, sizeof first);
-  for (int j = 0; j + 1 < D; j++)
-    if (part.split[j] && !s->derived) {
-      if ((st = pt_split_derive(m, &part, &s->derived, first, err))) goto fail;
-      s->m = s->derived;
-    }
+  bool split = false;
+  for (int j = 0; j + 1 < D; j++) split |= part.split[j] > 0;
+  if (split) {
+    if ((st = pt_split_derive(m, &part, &s->derived, first, err))) goto fail;
+    s->m = s->derived;
+  }
   if (D > 1) {
-    char bal[512];
+    char bal[1024];
     pt_partition_str(&part, bal, sizeof bal);
     pt_stream_log(s, PT_LOG_INFO, "balance %s", bal);
   }
