@@ -174,6 +174,11 @@ static void transform_weights(pt_wino5 *w, const float *wt) {
 
 /* Splits input row iy of channel c (zeros outside the image) into the even and odd columns of
  * the padded row, into ring slot iy mod 6. */
+/* Channel c's ring slot for input row iy (its even half, then its odd half). */
+static float *ring_row(const pt_wino5 *w, int c, int iy) {
+  return w->rows + ((size_t)c * 6 + (size_t)((iy % 6 + 6) % 6)) * 2 * w->half;
+}
+
 static int floor_div2(int a) {
   return a >= 0 ? a / 2 : -((1 - a) / 2);
 }
@@ -181,7 +186,7 @@ static int floor_div2(int a) {
 static void split_row(pt_wino5 *w, const float *img, int c, int iy) {
   const pt_conv_params *p = &w->p;
   const int half = w->half, W = p->W, PL = p->PL;
-  float *ev = w->rows + ((size_t)c * 6 + (size_t)(((iy % 6) + 6) % 6)) * 2 * half, *od = ev + half;
+  float *ev = ring_row(w, c, iy), *od = ev + half;
   if (iy < 0 || iy >= p->H) {
     memset(ev, 0, sizeof(float) * 2 * half);
     return;
@@ -207,7 +212,7 @@ PT_CLONES static void transform_input(pt_wino5 *w, int c, int th) {
   const float *row[6];
   for (int y = 0; y < 6; y++) {
     const int iy = 2 * th + y - w->p.PT;
-    row[y] = w->rows + ((size_t)c * 6 + (size_t)(((iy % 6) + 6) % 6)) * 2 * half;
+    row[y] = ring_row(w, c, iy);
   }
   for (int t0 = 0; t0 < TWp; t0 += TILE_BLOCK) {
     v16 tmp[6][6]; /* B^T d: [transformed row][column k] */
