@@ -58,7 +58,7 @@ struct pt_stream;
 
 typedef struct stage {
   struct pt_stream *s;
-  int j, first, end; /* nodes [first, end) of the graph the stream runs (s->m) */
+  int j, first, end;               /* nodes [first, end) of the graph the stream runs (s->m) */
   int node_first, node_end, split; /* the same in the model's nodes (pt_partition) */
   pt_exec x;
   struct pt_cuda_stage *cu; /* a CUDA stage's state (cuda/engine.c), NULL on the CPU */
@@ -67,8 +67,9 @@ typedef struct stage {
   int core; /* CPU core to pin to, -1 for none */
   pthread_t thread;
   bool thread_started;
-  int64_t done; /* ticks completed */
-  int *ext;     /* external values the nodes read */
+  int64_t done;    /* ticks completed */
+  int64_t tick_ns; /* how long the last tick ran (atomic: read by a waiting pop) */
+  int *ext;        /* external values the nodes read */
   int n_ext;
   float *opt_m, *opt_v, *backup; /* per parameter element, in x.params order */
   int64_t n_param_floats;
@@ -95,7 +96,8 @@ struct pt_stream {
   pthread_cond_t cv;
   bool stop;
   bool threaded;
-  bool cuda; /* every stage runs on a GPU (mixing CPU and GPU stages is refused) */
+  bool pop_may_spin; /* CPU stages with a core to spare for the caller (pt_stream_pop) */
+  bool cuda;         /* every stage runs on a GPU (mixing CPU and GPU stages is refused) */
   struct pt_cuda_links *links; /* how a CUDA stream's boundaries cross devices (cuda/engine.c) */
   bool train_on;
   hyper h;
