@@ -632,7 +632,7 @@ static void run_tick(stage *g, int64_t k, const tick_desc *td) {
   }
   slot *sl = &s->slots[td->slot];
   double t0 = pt_now_s();
-  g->ticks_real++;
+  pt_counter_add(&g->ticks_real, 1);
   if (j == 0) pt_stream_convert_raw(s, sl);
 
   /* Bind the inputs and the outputs that cross to the next stage (written in place). */
@@ -714,7 +714,7 @@ static void run_tick(stage *g, int64_t k, const tick_desc *td) {
     }
     if (finite) {
       optimizer_step(g, &td->h);
-      g->updates++;
+      pt_counter_add(&g->updates, 1);
       g->bad_run = 0;
       if (++g->good_updates % PT_BACKUP_EVERY == 0) take_backup(g);
       if (j == D - 1) sl->trained = true;
@@ -730,7 +730,7 @@ static void run_tick(stage *g, int64_t k, const tick_desc *td) {
   }
   if (j == D - 1) {
     out->greal[cur] = false; /* the loss gradient is consumed here, never read by another stage */
-    sl->step = g->updates;
+    sl->step = pt_counter_get(&g->updates);
   }
   if (g->bad_run >= s->o.train.guard_limit && s->o.train.guard_limit > 0) {
     restore_backup(g);
@@ -743,7 +743,7 @@ static void run_tick(stage *g, int64_t k, const tick_desc *td) {
                   s->o.train.guard_limit);
   }
   double dt = pt_now_s() - t0;
-  g->busy_s += dt;
+  pt_counter_add(&g->busy_ns, (int64_t)(dt * 1e9));
   __atomic_store_n(&g->tick_ns, (int64_t)(dt * 1e9), __ATOMIC_RELAXED);
 }
 
@@ -1205,11 +1205,11 @@ void pt_stream_get_stats(const pt_stream *s, pt_stream_stats *st) {
     o->n_nodes = g->node_end - g->node_first;
     o->split_channels = g->split;
     snprintf(o->device, sizeof o->device, "%s", g->device);
-    o->busy_s = g->busy_s;
+    o->busy_s = (double)pt_counter_get(&g->busy_ns) * 1e-9;
     o->predicted_s = g->predicted_s;
-    o->ticks = g->ticks_real;
+    o->ticks = pt_counter_get(&g->ticks_real);
     o->done = g->done;
-    o->updates = g->updates;
+    o->updates = pt_counter_get(&g->updates);
   }
   st->ticks = s->issued;
   st->elapsed_s = s->started ? pt_now_s() - s->t_start : 0;

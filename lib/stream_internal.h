@@ -75,9 +75,20 @@ typedef struct stage {
   int64_t n_param_floats;
   int64_t opt_step, good_updates;
   int bad_run;
-  double busy_s, predicted_s;
-  int64_t ticks_real, updates;
+  double predicted_s;
+  /* written by the stage's thread alone, read by pt_stream_get_stats from any thread: through
+   * pt_counter_add / pt_counter_get */
+  int64_t busy_ns, ticks_real, updates;
 } stage;
+
+/* A counter with one writer and readers on other threads (no lock, no torn value). */
+static inline void pt_counter_add(int64_t *c, int64_t v) {
+  __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
+}
+
+static inline int64_t pt_counter_get(const int64_t *c) {
+  return __atomic_load_n(c, __ATOMIC_RELAXED);
+}
 
 struct pt_stream {
   pt_model *m;       /* the graph the stages run: the model, or derived from it (split.h) */

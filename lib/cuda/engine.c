@@ -468,7 +468,7 @@ static void tick_done(void *arg) {
     restored = r->st.restores > c->seen.restores;
     s->restores += r->st.restores - c->seen.restores;
     c->seen = r->st;
-    g->updates = r->st.updates;
+    __atomic_store_n(&g->updates, r->st.updates, __ATOMIC_RELAXED);
   }
   if (r->slot >= 0) {
     slot *sl = &s->slots[r->slot];
@@ -781,7 +781,7 @@ void pt_cuda_run_tick(stage *g, int64_t k, const tick_desc *td) {
   }
   slot *sl = &s->slots[td->slot];
   double t0 = pt_now_s();
-  g->ticks_real++;
+  pt_counter_add(&g->ticks_real, 1);
   if (j == 0) pt_stream_convert_raw(s, sl);
 
   /* What changes per tick, into fixed buffers: the frame, the target, the neighbours'
@@ -853,5 +853,5 @@ void pt_cuda_run_tick(stage *g, int64_t k, const tick_desc *td) {
   }
   if (r) CK(c, cudaLaunchHostFunc(S, tick_done, r));
   CK(c, cudaEventRecord(c->ev[cur], S));
-  g->busy_s += pt_now_s() - t0;
+  pt_counter_add(&g->busy_ns, (int64_t)((pt_now_s() - t0) * 1e9));
 }
