@@ -383,6 +383,14 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
 
   /* One BLAS thread per stage, from here on: node costs are measured as stages will run them. */
   pt_blas_init();
+  static bool blas_reported;
+  const char *better = NULL, *core = pt_blas_slow_kernels(&better);
+  if (core && s->o.log && !__atomic_exchange_n(&blas_reported, true, __ATOMIC_RELAXED))
+    pt_stream_log(s, PT_LOG_WARNING,
+                  "OpenBLAS does not know this CPU and runs its generic %s kernels, several times "
+                  "slower than its %s ones (layers that run on oneDNN are not affected): set "
+                  "OPENBLAS_CORETYPE=%s in the environment",
+                  core, better, better);
 
   /* Partition. */
   pt_partition part;
