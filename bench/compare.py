@@ -33,9 +33,10 @@ WARMUP = 10
 FLOP_FACTOR = {"inference": 1, "training": 3}
 TRAIN_LR = 1e-4
 SGEMM_N = 1024
-# onnxruntime is not packaged by Debian: when it cannot be imported it is installed from PyPI into
-# a virtual environment that sees the system packages, kept across runs.
-ORT_VENV = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+# onnxruntime is not packaged by Debian, matplotlib may be missing: what this interpreter cannot
+# import is installed from PyPI into a virtual environment that sees the system packages, kept
+# across runs.
+BENCH_VENV = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
                         "partimenet-bench-venv")
 
 
@@ -174,9 +175,7 @@ def worker_sgemm():
             gemm()
             best = min(best, time.perf_counter() - t0)
         rates.append((2.0 * n ** 3 / best / 1e9, source))
-    gflops, source = max(rates)
-    others = "; ".join(f"{src} {g:.1f}" for g, src in rates if src != source)
-    return {"gflops": gflops, "source": source + (f"; {others} GFLOP/s" if others else "")}
+    return {"rates": rates}
 
 
 # OpenBLAS's kernels without AVX: what it falls back to on a CPU model it does not know.
@@ -200,16 +199,16 @@ def machine_sgemm():
     OpenBLAS fell back to generic kernels on a CPU with AVX-512 or AVX2, its own kernels for that
     instruction set are timed too (OPENBLAS_CORETYPE), so the limit is the machine's, not that of
     OpenBLAS's CPU table."""
-    res = run_worker("sgemm")
+    rates = [tuple(r) for r in run_worker("sgemm")["rates"]]
     flags = cpu_flags()
     core = "SkylakeX" if "avx512f" in flags else "Haswell" if "avx2" in flags else None
-    if core and any(f"({g} kernels)" in res["source"] for g in OPENBLAS_GENERIC):
-        forced = run_worker("sgemm", env={"OPENBLAS_CORETYPE": core})
-        if forced["gflops"] > res["gflops"]:
-            forced["source"] += f" (forced with OPENBLAS_CORETYPE={core}); default: " + \
-                res["source"]
-            res = forced
-    return res
+    if core and any(f"({g} kernels)" in src for _, src in rates for g in OPENBLAS_GENERIC):
+        rates += [(g, f"{src} with OPENBLAS_CORETYPE={core}")
+                  for g, src in run_worker("sgemm", env={"OPENBLAS_CORETYPE": core})["rates"]
+                  if src.startswith("OpenBLAS")]
+    rates.sort(reverse=True)
+    return {"gflops": rates[0][0],
+            "source": "; ".join(f"{src} {g:.1f}" for g, src in rates) + " GFLOP/s"}
 
 
 def worker_element(build, onnx_path, mode, stages, frames, width, height, out_len):
@@ -305,7 +304,9 @@ def worker_element(build, onnx_path, mode, stages, frames, width, height, out_le
 
 def worker_main(argv):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--worker", choices=["torch", "ort", "sgemm", "element"], required=True)
+    ap.add_argument("--worker", choices=["torch", "ort", "sgemm", "element", "plot"],
+                    required=True)
+    ap.add_argument("--out", help="plot: the PNG to write (the rows come as JSON on stdin)")
     ap.add_argument("--name")
     ap.add_argument("--onnx")
     ap.add_argument("--mode", default="inference")
@@ -321,6 +322,9 @@ def worker_main(argv):
         res = {"fps": worker_ort(a.onnx, a.threads, a.frames)}
     elif a.worker == "sgemm":
         res = worker_sgemm()
+    elif a.worker == "plot":
+        draw_plot(json.load(sys.stdin), a.out)
+        return
     else:
         w, h = (int(v) for v in a.size.split("x"))
         res = {"fps": worker_element(a.build, a.onnx, a.mode, a.threads, a.frames, w, h,
@@ -342,43 +346,50 @@ def run_worker(kind, threads=1, python=None, env=None, **args):
 
 
 # ---------------------------------------------------------------------------------------------
-# onnxruntime: this interpreter's, or one installed from PyPI into ORT_VENV.
+# onnxruntime: this interpreter's, or one installed from PyPI into BENCH_VENV.
 
 def last_line(out):
     lines = (out.stderr or out.stdout or "").strip().splitlines()
     return lines[-1] if lines else f"exit status {out.returncode}"
 
 
-def ort_version(python):
-    """onnxruntime's version as seen by that interpreter, or None."""
-    if not os.access(python, os.X_OK):
-        return None
-    out = subprocess.run([python, "-c", "import onnxruntime; print(onnxruntime.__version__)"],
-                         capture_output=True, text=True)
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def find_onnxruntime():
-    """Returns (python that imports onnxruntime, its version) or (None, why not)."""
-    py = os.path.join(ORT_VENV, "bin", "python")
+def venv_python(module, version_of):
+    """Returns (a python that imports `module`, its version) or (None, why not): this interpreter,
+    or the bench environment, where it is installed from PyPI (package `module`) when missing."""
+    py = os.path.join(BENCH_VENV, "bin", "python")
     for python in (sys.executable, py):
-        version = ort_version(python)
+        version = version_of(python)
         if version:
             return python, version
-    print(f"onnxruntime: not importable; installing it from PyPI into {ORT_VENV}", flush=True)
+    print(f"{module}: not importable; installing it from PyPI into {BENCH_VENV}", flush=True)
     if not os.access(py, os.X_OK):
-        out = subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", ORT_VENV],
+        out = subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", BENCH_VENV],
                              capture_output=True, text=True)
         if out.returncode != 0:
             return None, f"{sys.executable} -m venv failed: {last_line(out)}" \
                 " (Debian: apt-get install python3-venv)"
     out = subprocess.run([py, "-m", "pip", "install", "--disable-pip-version-check",
-                          "--retries", "1", "--timeout", "30", "onnxruntime"],
+                          "--retries", "1", "--timeout", "30", module],
                          capture_output=True, text=True)
     if out.returncode != 0:
-        return None, f"pip install onnxruntime failed: {last_line(out)}"
-    version = ort_version(py)
+        return None, f"pip install {module} failed: {last_line(out)}"
+    version = version_of(py)
     return (py, version) if version else (None, "installed, but it does not import")
+
+
+def module_version(module):
+    def version_of(python):
+        if not os.access(python, os.X_OK):
+            return None
+        out = subprocess.run([python, "-c", f"import {module}; print({module}.__version__)"],
+                             capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else None
+    return version_of
+
+
+def find_onnxruntime():
+    """Returns (python that imports onnxruntime, its version) or (None, why not)."""
+    return venv_python("onnxruntime", module_version("onnxruntime"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,14 +521,30 @@ def print_table(rows):
 
 
 def write_plot(rows, path):
+    """Draws the chart here, or, when this interpreter has no matplotlib, in the bench
+    environment (installed there from PyPI), with the rows handed over as JSON."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
-        print("plot: matplotlib not installed, skipped (Debian: apt-get install python3-matplotlib;"
-              " elsewhere: pip install matplotlib)")
+        py, why = venv_python("matplotlib", module_version("matplotlib"))
+        if py is None:
+            print(f"plot: matplotlib unavailable ({why}), skipped (Debian: apt-get install"
+                  " python3-matplotlib)")
+            return
+        out = subprocess.run([py, os.path.abspath(__file__), "--worker", "plot", "--out", path],
+                             input=json.dumps(rows), capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"plot: failed in {py}: {last_line(out)}")
+            return
+        print(out.stdout.strip())
         return
+    draw_plot(rows, path)
+
+
+def draw_plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     modes = [m for m in FLOP_FACTOR if any(r["mode"] == m for r in rows)]
     # One colour per configuration across both panels, one legend below them.
     colour = {c: plt.cm.tab10(j % 10)
@@ -639,8 +666,8 @@ def main():
     plot = a.plot or os.path.splitext(a.csv)[0] + ".png"
 
     sgemm = machine_sgemm()
-    print(f"sgemm: {sgemm['gflops']:.1f} GFLOP/s on one core ({sgemm['source']},"
-          f" {SGEMM_N}^3, best of 5); {os.cpu_count()} cores", flush=True)
+    print(f"sgemm: {sgemm['gflops']:.1f} GFLOP/s on one core, the fastest of: {sgemm['source']}"
+          f" ({SGEMM_N}^3, best of 5); {os.cpu_count()} cores", flush=True)
     import torch
     print(f"pytorch {torch.__version__} ({sys.executable})", flush=True)
     ort_python, what = find_onnxruntime()
