@@ -201,7 +201,8 @@ def machine_sgemm():
     OpenBLAS's CPU table."""
     rates = [tuple(r) for r in run_worker("sgemm")["rates"]]
     flags = cpu_flags()
-    core = "SkylakeX" if "avx512f" in flags else "Haswell" if "avx2" in flags else None
+    core = ("SkylakeX" if {"avx512f", "avx512vl", "avx512bw"} <= flags
+            else "Haswell" if "avx2" in flags else None)
     if core and any(f"({g} kernels)" in src for _, src in rates for g in OPENBLAS_GENERIC):
         rates += [(g, f"{src} with OPENBLAS_CORETYPE={core}")
                   for g, src in run_worker("sgemm", env={"OPENBLAS_CORETYPE": core})["rates"]

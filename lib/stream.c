@@ -175,6 +175,19 @@ static pt_status parse_devices(const char *list, int want, device *dev, int *n, 
 /* ---- construction -----------------------------------------------------------------------------
  */
 
+/* The cores the calling thread may run on (taskset, a cgroup's cpuset), which decide whether a
+ * waiting thread may poll: polling on a core a stage needs would halve that stage. Core numbers
+ * for pinning stay the machine's (parse_devices). */
+static long usable_cores(void) {
+  long n = 0;
+#ifdef __linux__
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+#endif
+  if (n < 1) n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n < 1 ? 1 : n;
+}
+
 static int stage_of_node(const pt_stream *s, int node) {
   for (int j = 0; j < s->D; j++)
     if (node < s->st[j].end) return j;
@@ -354,7 +367,8 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
   s->D = D;
   s->threaded = o->threaded;
   s->cuda = gpus > 0;
-  s->pop_may_spin = s->threaded && !s->cuda && D < sysconf(_SC_NPROCESSORS_ONLN);
+  s->cores = usable_cores();
+  s->pop_may_spin = s->threaded && !s->cuda && D < s->cores;
   s->train_on = o->train.enabled;
   s->h = (hyper){o->train.lr, o->train.momentum, o->train.weight_decay};
   s->held = -1;
@@ -829,8 +843,7 @@ static void *stage_main(void *arg) {
   stage *g = arg;
   pt_stream *s = g->s;
   pin(g);
-  long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  bool spin = !s->cuda && s->D <= cores;
+  bool spin = !s->cuda && s->D <= s->cores;
   pthread_mutex_lock(&s->mu);
   for (;;) {
     while (!s->stop && !ready(s, g, g->done)) {

@@ -18,15 +18,20 @@ void pt_blas_init(void) {
   openblas_set_num_threads(1);
 }
 
-/* OpenBLAS's kernels that use no AVX: what it falls back to on a CPU model it does not know. */
-static const char *const generic_cores[] = {"Prescott",  "Core2",  "Penryn", "Dunnington",
-                                            "Nehalem",   "Atom",   "Katmai", "Coppermine",
-                                            "Northwood", "Banias", "Unknown"};
+/* OpenBLAS's kernels that use no AVX: what it falls back to on a CPU model it does not know. The
+ * names are those of a DYNAMIC_ARCH build (Debian's), the only kind that OPENBLAS_CORETYPE can
+ * change; a build for one CPU reports its target in capitals and is left alone. */
+static const char *const generic_cores[] = {"Prescott",  "Core2", "Penryn", "Dunnington",
+                                            "Nehalem",   "Atom",  "Katmai", "Coppermine",
+                                            "Northwood", "Banias"};
 
 const char *pt_blas_fitting_core(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return "SkylakeX";
+  /* OpenBLAS's SkylakeX kernels use AVX-512 F, VL and BW (not there on Knights Landing) */
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw"))
+    return "SkylakeX";
   if (__builtin_cpu_supports("avx2")) return "Haswell";
 #endif
   return NULL;

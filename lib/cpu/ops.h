@@ -245,8 +245,8 @@ void pt_blas_init(void);
  * when the kernels fit. */
 const char *pt_blas_slow_kernels(const char **better);
 
-/* blas.c: OpenBLAS's kernels for this CPU's widest vectors (SkylakeX: AVX-512, Haswell: AVX2), as
- * OPENBLAS_CORETYPE names them; NULL below AVX2 or off x86-64. */
+/* blas.c: OpenBLAS's kernels for this CPU's widest vectors (SkylakeX: AVX-512 F, VL and BW;
+ * Haswell: AVX2), as OPENBLAS_CORETYPE names them; NULL below AVX2 or off x86-64. */
 const char *pt_blas_fitting_core(void);
 
 #endif

@@ -3,8 +3,10 @@
  * SGD / Adam, drain / flush / save, and the divergence guard.
  *
  * Usage: test_engine MODELS_DIR (the models written by make_models.py). */
+#define _GNU_SOURCE
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -797,8 +799,44 @@ static void test_split(void) {
   pt_model_free(m);
 }
 
+/* A waiting caller polls only on a core the stages leave free: counted in the cores this process
+ * may use, not the machine's (taskset, a container's cpuset). */
+static void test_poll_needs_a_spare_core(void) {
+#ifdef __linux__
+  pt_model *m = load("convnet.onnx");
+  if (!m) return;
+  cpu_set_t all, one;
+  if (sched_getaffinity(0, sizeof all, &all) != 0) {
+    CHECK(0, "sched_getaffinity");
+    pt_model_free(m);
+    return;
+  }
+  int first = 0;
+  while (!CPU_ISSET(first, &all)) first++;
+  CPU_ZERO(&one);
+  CPU_SET(first, &one);
+  if (sched_setaffinity(0, sizeof one, &one) != 0) {
+    CHECK(0, "sched_setaffinity");
+    pt_model_free(m);
+    return;
+  }
+  pt_stream *s = open_stream(m, 1, NULL, true, PT_LOSS_NONE, PT_OPT_SGD, 0);
+  CHECK(s && s->cores == 1 && !s->pop_may_spin, "one usable core: the caller sleeps (%ld cores)",
+        s ? s->cores : -1);
+  pt_stream_free(s);
+  CHECK(sched_setaffinity(0, sizeof all, &all) == 0, "affinity restored");
+  s = open_stream(m, 1, NULL, true, PT_LOSS_NONE, PT_OPT_SGD, 0);
+  CHECK(s && s->cores == CPU_COUNT(&all) && s->pop_may_spin == (CPU_COUNT(&all) > 1),
+        "%d usable cores: the caller of a 1-stage stream %s", CPU_COUNT(&all),
+        CPU_COUNT(&all) > 1 ? "polls" : "sleeps");
+  pt_stream_free(s);
+  pt_model_free(m);
+#endif
+}
+
 int main(int argc, char **argv) {
   dir = argc > 1 ? argv[1] : ".";
+  test_poll_needs_a_spare_core();
   test_tick_contract();
   test_lag();
   test_threaded_identical();
