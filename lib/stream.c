@@ -764,9 +764,9 @@ static void run_tick(stage *g, int64_t k, const tick_desc *td) {
                   "stage %d: %d non-finite updates in a row; restored its last good weights", j,
                   s->o.train.guard_limit);
   }
-  double dt = pt_now_s() - t0;
-  pt_counter_add(&g->busy_ns, (int64_t)(dt * 1e9));
-  __atomic_store_n(&g->tick_ns, (int64_t)(dt * 1e9), __ATOMIC_RELAXED);
+  int64_t ns = (int64_t)((pt_now_s() - t0) * 1e9);
+  pt_counter_add(&g->busy_ns, ns);
+  __atomic_store_n(&g->tick_ns, ns, __ATOMIC_RELAXED);
 }
 
 /* Runs (CPU) or enqueues (CUDA) stage g's part of tick k. */

@@ -1,5 +1,5 @@
-/* The CPU layer functions: every op's forward and backward, its parameter struct, the losses and
- * the optimizers (internal).
+/* The CPU layer functions: every op's forward and backward, its parameter struct, the losses and the
+ * optimizers (internal).
  *
  * Argument order, kept identical by the CUDA backend: outputs, inputs, weights, parameters, then
  * scratch. Shapes are NCHW and fully resolved in the parameter structs at load time.
@@ -51,13 +51,8 @@ typedef struct pt_conv_params {
 } pt_conv_params;
 
 /* Y = alpha * op(A) * op(B) + beta * C, op(A) (M,K), op(B) (K,N), C broadcast to (M,N). */
-typedef enum pt_gemm_c {
-  PT_GEMM_C_NONE,
-  PT_GEMM_C_SCALAR,
-  PT_GEMM_C_ROW,
-  PT_GEMM_C_COL,
-  PT_GEMM_C_FULL
-} pt_gemm_c;
+typedef enum pt_gemm_c { PT_GEMM_C_NONE, PT_GEMM_C_SCALAR, PT_GEMM_C_ROW, PT_GEMM_C_COL,
+                         PT_GEMM_C_FULL } pt_gemm_c;
 typedef struct pt_gemm_params {
   int M, N, K;
   bool trans_a, trans_b;
@@ -83,12 +78,7 @@ typedef struct pt_binary_params {
   int64_t n;
 } pt_binary_params;
 
-typedef enum pt_unary_kind {
-  PT_UN_RELU,
-  PT_UN_LEAKY_RELU,
-  PT_UN_SIGMOID,
-  PT_UN_TANH
-} pt_unary_kind;
+typedef enum pt_unary_kind { PT_UN_RELU, PT_UN_LEAKY_RELU, PT_UN_SIGMOID, PT_UN_TANH } pt_unary_kind;
 typedef struct pt_unary_params {
   pt_unary_kind kind;
   float alpha; /* LeakyRelu slope */
@@ -133,19 +123,11 @@ typedef struct pt_concat_params {
 
 /* Nearest-neighbour resize of X (N,C,H,W) -> Y (N,C,OH,OW); the source index of each output row
  * and column comes from pt_resize_src_index() in ../pointwise.h. */
-typedef enum pt_resize_coord {
-  PT_COORD_HALF_PIXEL,
-  PT_COORD_ASYMMETRIC,
-  PT_COORD_ALIGN_CORNERS,
-  PT_COORD_PYTORCH_HALF_PIXEL,
-  PT_COORD_TF_HALF_PIXEL_FOR_NN
+typedef enum pt_resize_coord { PT_COORD_HALF_PIXEL, PT_COORD_ASYMMETRIC, PT_COORD_ALIGN_CORNERS,
+                               PT_COORD_PYTORCH_HALF_PIXEL, PT_COORD_TF_HALF_PIXEL_FOR_NN
 } pt_resize_coord;
-typedef enum pt_resize_nearest {
-  PT_NEAREST_ROUND_PREFER_FLOOR,
-  PT_NEAREST_ROUND_PREFER_CEIL,
-  PT_NEAREST_FLOOR,
-  PT_NEAREST_CEIL
-} pt_resize_nearest;
+typedef enum pt_resize_nearest { PT_NEAREST_ROUND_PREFER_FLOOR, PT_NEAREST_ROUND_PREFER_CEIL,
+                                 PT_NEAREST_FLOOR, PT_NEAREST_CEIL } pt_resize_nearest;
 typedef struct pt_resize_params {
   int N, C, H, W, OH, OW;
   float scale_h, scale_w; /* output / input, as given or derived from sizes */
@@ -210,8 +192,8 @@ void pt_avgpool_backward(float *din, const float *dout, const pt_pool_params *p)
 void pt_batchnorm_forward(float *out, const float *in, const float *scale, const float *bias,
                           const float *mean, const float *var, const pt_batchnorm_params *p);
 void pt_batchnorm_backward(float *din, float *dscale, float *dbias, const float *dout,
-                           const float *in, const float *scale, const float *mean, const float *var,
-                           const pt_batchnorm_params *p);
+                           const float *in, const float *scale, const float *mean,
+                           const float *var, const pt_batchnorm_params *p);
 void pt_softmax_forward(float *out, const float *in, const pt_softmax_params *p);
 void pt_softmax_backward(float *din, const float *dout, const float *out,
                          const pt_softmax_params *p);
@@ -233,7 +215,8 @@ float pt_mse(float *dout, const float *out, const float *target, int64_t n);
 /* optim.c: one step on n weights with gradient g, PyTorch's update rules.
  * SGD: g' = g + wd*w; m = momentum*m + g'; w -= lr*m (m unused when momentum == 0).
  * Adam: g' = g + wd*w; m, v moments; t is the 1-based step count for bias correction. */
-void pt_sgd_step(float *w, const float *g, float *m, int64_t n, float lr, float momentum, float wd);
+void pt_sgd_step(float *w, const float *g, float *m, int64_t n, float lr, float momentum,
+                 float wd);
 void pt_adam_step(float *w, const float *g, float *m, float *v, int64_t n, float lr, float beta1,
                   float beta2, float eps, float wd, int64_t t);
 
