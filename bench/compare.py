@@ -139,7 +139,7 @@ def worker_sgemm():
     c = np.empty((n, n), np.float32)
     fp = ctypes.POINTER(ctypes.c_float)
     pa, pb, pc = (x.ctypes.data_as(fp) for x in (a, b, c))
-    gemms = []
+    gemms, core = [], None
     name = ctypes.util.find_library("openblas")
     if name:
         # The library partime's convolutions call, with the thread count they use.
@@ -175,7 +175,7 @@ def worker_sgemm():
             gemm()
             best = min(best, time.perf_counter() - t0)
         rates.append((2.0 * n ** 3 / best / 1e9, source))
-    return {"rates": rates}
+    return {"rates": rates, "openblas_core": core}
 
 
 # OpenBLAS's kernels without AVX: what it falls back to on a CPU model it does not know.
@@ -199,11 +199,12 @@ def machine_sgemm():
     OpenBLAS fell back to generic kernels on a CPU with AVX-512 or AVX2, its own kernels for that
     instruction set are timed too (OPENBLAS_CORETYPE), so the limit is the machine's, not that of
     OpenBLAS's CPU table."""
-    rates = [tuple(r) for r in run_worker("sgemm")["rates"]]
+    res = run_worker("sgemm")
+    rates = [tuple(r) for r in res["rates"]]
     flags = cpu_flags()
     core = ("SkylakeX" if {"avx512f", "avx512vl", "avx512bw"} <= flags
             else "Haswell" if "avx2" in flags else None)
-    if core and any(f"({g} kernels)" in src for _, src in rates for g in OPENBLAS_GENERIC):
+    if core and res["openblas_core"] in OPENBLAS_GENERIC:
         rates += [(g, f"{src} with OPENBLAS_CORETYPE={core}")
                   for g, src in run_worker("sgemm", env={"OPENBLAS_CORETYPE": core})["rates"]
                   if src.startswith("OpenBLAS")]
@@ -771,21 +772,22 @@ def main():
                         print(f"partimenet element: {model} {mode} {stages} stage(s) failed,"
                               f" skipped: {e}", flush=True)
                         el[stages] = None
+            # two stages against one: the median of each run's ratio (one process ran both)
             per_run[(model, mode, 2)] = [r[2][0] / r[1][0] for r in runs]
             for stages in (1, 2):
                 fps = [r[stages][0] for r in runs]
                 lat = statistics.median(r[stages][1] for r in runs)
-                # two stages against one: the median of each run's ratio (one process ran both)
                 add(model, mode, "partime", stages, fps, gflop, lat,
-                    vs_one=statistics.median(r[2][0] / r[1][0] for r in runs)
+                    vs_one=statistics.median(per_run[(model, mode, 2)])
                     if stages == 2 else None)
             add(model, mode, "partime", 2, [r[2][0] for r in pinned], gflop,
                 statistics.median(r[2][1] for r in pinned), devices="cpu,cpu")
             for stages in (1, 2):
                 if el_on and el[stages]:
-                    per_run[(model, mode, "element", stages)] = [f / t for f, t in el[stages]]
+                    ratios = [f / t for f, t in el[stages]]
+                    per_run[(model, mode, "element", stages)] = ratios
                     add(model, mode, "partimenet", stages, [f for f, _ in el[stages]], gflop,
-                        vs_tool=statistics.median(f / t for f, t in el[stages]))
+                        vs_tool=statistics.median(ratios))
 
     print_table(rows)
     print(f"\n{a.frames} timed frames per run after {WARMUP} warm-up frames, {a.runs} run(s) each;"
