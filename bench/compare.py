@@ -5,7 +5,10 @@ training.
 
 Every peer configuration runs in several separate processes and the best is kept, because PyTorch's
 batch-1 speed on small networks varies several-fold from one process to the next; partime's and the
-element's runs are summarised by their median with min and max. The table gives frames/s, latency,
+element's runs are summarised by their median with min and max. The runs go in rounds, each
+contender once per round, so that ratios can also be taken between runs made side by side. Each
+round also times two independent one-stage partime streams at once, one per core: the most the
+two cores give together, which the two-stage pipeline is held against. The table gives frames/s, latency,
 GFLOP/s and the share of this machine's one-core sgemm rate (measured at the start) that each
 configuration reaches on the cores it uses; a goals block closes the report.
 
@@ -405,11 +408,15 @@ def partime_gflops(tool, onnx_path):
     return float(m.group(1))
 
 
-def partime_bench(tool, onnx_path, frames, train, stages="1,2", devices=None):
-    """Returns {stages: (fps, latency_ms)} from one `partime bench` run."""
+def partime_bench(tool, onnx_path, frames, train, stages="1,2", devices=None,
+                  independent=False):
+    """Returns {stages: (fps, latency_ms)} from one `partime bench` run, and with `independent`
+    also "indep": the same for two one-stage streams run at once, one per core."""
     cmd = [tool, "bench", onnx_path, "--stages", stages, "--frames", str(frames)]
     if devices:
         cmd += ["--devices", devices]
+    if independent:
+        cmd += ["--independent"]
     if train:
         # The same training step as the PyTorch contender: MSE loss, Adam, the same learning rate.
         cmd += ["--train", "--loss", "mse", "--optimizer", "adam", "--lr", str(TRAIN_LR)]
@@ -421,6 +428,11 @@ def partime_bench(tool, onnx_path, frames, train, stages="1,2", devices=None):
         m = re.match(r"\s*(\d+)\s+\S+\s+([0-9.]+)\s+([0-9.]+)\s", line)
         if m:
             rows[int(m.group(1))] = (float(m.group(2)), float(m.group(3)))
+        m = re.match(r"\s*\d+x1\s+independent\s+([0-9.]+)\s+([0-9.]+)\s", line)
+        if m:
+            rows["indep"] = (float(m.group(1)), float(m.group(2)))
+    if independent and "indep" not in rows:
+        raise RuntimeError(f"no independent row in the output of {' '.join(cmd)}:\n{out.stdout}")
     if not rows:
         raise RuntimeError(f"no result rows in the output of {' '.join(cmd)}:\n{out.stdout}")
     return rows
@@ -497,6 +509,8 @@ def check_same_outputs(tool, name, onnx_path, tmp):
 # Report: table, CSV, plot, goals.
 
 def config_label(r):
+    if r["contender"] == "independent":
+        return f"{r['threads_stages']} independent 1-stage streams"
     unit = "thread" if r["contender"] in ("pytorch", "onnxruntime") else "stage"
     n = r["threads_stages"]
     label = f"{r['contender']} {n} {unit}{'s' if n > 1 else ''}"
@@ -590,6 +604,15 @@ def runs_meeting(ratios, want):
             f" ({min(ratios):.2f}-{max(ratios):.2f}x)")
 
 
+def side_by_side(ratios, want):
+    """The round-by-round view of a goal judged on the best runs: the median of the ratios of
+    runs made in the same round, and how many rounds meet the goal."""
+    if not ratios:
+        return ""
+    return (f"; round by round: median {statistics.median(ratios):.2f}x"
+            f"{runs_meeting(ratios, want)}")
+
+
 def goals(rows, have_ort, per_run):
     """The targets: small, best partime >= 3x PyTorch and >= 1.5x onnxruntime; large, >= 1x both;
     two stages >= 1.8x one on large and residual; the element within 5% of the tool."""
@@ -622,7 +645,8 @@ def goals(rows, have_ort, per_run):
                 x = best["fps"] / other["fps"]
                 line(x >= want, f"{model} {mode}: partime {best['fps']:.1f} frames/s"
                      f" ({best['threads_stages']} stg) vs {peer} {other['fps']:.1f}"
-                     f" ({other['threads_stages']} thr) = {x:.2f}x, goal >= {want:g}x")
+                     f" ({other['threads_stages']} thr) = {x:.2f}x, goal >= {want:g}x"
+                     f"{side_by_side(per_run.get((model, mode, 'vs', peer)), want)}")
     for model in ("large", "residual"):
         for mode in FLOP_FACTOR:
             one, two = pick(model, mode, "partime", 1), pick(model, mode, "partime", 2)
@@ -631,6 +655,16 @@ def goals(rows, have_ort, per_run):
                 line(x >= 1.8, f"{model} {mode}: partime 2 stages {two[0]['fps']:.1f} vs 1 stage"
                      f" {one[0]['fps']:.1f} frames/s, median of the runs' ratios {x:.2f}x,"
                      f" goal >= 1.8x{runs_meeting(per_run.get((model, mode, 2)), 1.8)}")
+                ceil, frac = (per_run.get((model, mode, "ceiling")),
+                              per_run.get((model, mode, "of ceiling")))
+                if ceil and frac:
+                    # What the two cores give at once with nothing passed between them: when
+                    # that is below 1.8x one core, no pipeline on them can reach the goal.
+                    lines.append(f"          the two cores' ceiling, 2 independent 1-stage streams"
+                                 f" at once: median {statistics.median(ceil):.2f}x one stage"
+                                 f"{runs_meeting(ceil, 1.8)}; 2 stages reach median"
+                                 f" {100 * statistics.median(frac):.0f}% of it"
+                                 f" ({100 * min(frac):.0f}-{100 * max(frac):.0f}%)")
     for r in rows:
         if r["contender"] == "partimenet" and r["vs_tool"] != "":
             tool = pick(r["model"], r["mode"], "partime", r["threads_stages"])[0]
@@ -735,24 +769,28 @@ def main():
         if not diff <= 1e-4:
             sys.exit(f"{model}: PyTorch and partime outputs differ by {diff} (> 1e-4)")
         for mode in FLOP_FACTOR:
-            for threads in (1, 2):
-                fps = [run_worker("torch", threads, name=model, onnx=path, mode=mode,
-                                  frames=a.frames)["fps"] for _ in range(a.runs)]
-                # The best process is the peer's real capability; the spread is shown beside it.
-                add(model, mode, "pytorch", threads, fps, gflop, best=True)
-            if mode == "inference" and ort_python:
-                for threads in (1, 2):
-                    fps = [run_worker("ort", threads, python=ort_python, name=model, onnx=path,
-                                      frames=a.frames)["fps"] for _ in range(a.runs)]
-                    add(model, mode, "onnxruntime", threads, fps, gflop, best=True)
             train = mode == "training"
-            # The tool's and the element's runs alternate, so both meet the same spells of a
-            # machine whose speed drifts; the element's ratio to the tool is the median of the
-            # ratios of runs made side by side.
+            peers = [("pytorch", 1), ("pytorch", 2)]
+            if mode == "inference" and ort_python:
+                peers += [("onnxruntime", 1), ("onnxruntime", 2)]
+            # Every contender runs once per round and the rounds repeat, so that all of them meet
+            # the same spells of a machine whose speed drifts: each round's own ratios (two
+            # stages against one, partime against each peer, the element against the tool) are
+            # taken side by side, and the goals report their median and how many rounds meet them.
             el_on = element is not None and not (element == "launch" and train)
+            peer_fps = {p: [] for p in peers}
             runs, pinned, el = [], [], {1: [], 2: []}
             for _ in range(a.runs):
-                runs.append(partime_bench(tool, path, a.frames, train))
+                for contender, threads in peers:
+                    if contender == "pytorch":
+                        res = run_worker("torch", threads, name=model, onnx=path, mode=mode,
+                                         frames=a.frames)
+                    else:
+                        res = run_worker("ort", threads, python=ort_python, name=model,
+                                         onnx=path, frames=a.frames)
+                    peer_fps[(contender, threads)].append(res["fps"])
+                # The independent streams: two one-stage streams at once, the two cores' ceiling.
+                runs.append(partime_bench(tool, path, a.frames, train, independent=True))
                 # Each stage on a CPU device of its own, stated explicitly.
                 pinned.append(partime_bench(tool, path, a.frames, train, "2", "cpu,cpu"))
                 for stages in (1, 2):
@@ -772,8 +810,21 @@ def main():
                         print(f"partimenet element: {model} {mode} {stages} stage(s) failed,"
                               f" skipped: {e}", flush=True)
                         el[stages] = None
+            for contender, threads in peers:
+                # The best process is the peer's real capability; the spread is shown beside it.
+                add(model, mode, contender, threads, peer_fps[(contender, threads)], gflop,
+                    best=True)
+            # partime's best configuration against each peer's, round by round (the same rows
+            # as the goal's best-of figures: default devices, one or two stages)
+            ours = [max(r[1][0], r[2][0]) for r in runs]
+            for peer in {c for c, _ in peers}:
+                theirs = [max(peer_fps[(c, t)][i] for c, t in peers if c == peer)
+                          for i in range(a.runs)]
+                per_run[(model, mode, "vs", peer)] = [o / t for o, t in zip(ours, theirs)]
             # two stages against one: the median of each run's ratio (one process ran both)
             per_run[(model, mode, 2)] = [r[2][0] / r[1][0] for r in runs]
+            per_run[(model, mode, "ceiling")] = [r["indep"][0] / r[1][0] for r in runs]
+            per_run[(model, mode, "of ceiling")] = [r[2][0] / r["indep"][0] for r in runs]
             for stages in (1, 2):
                 fps = [r[stages][0] for r in runs]
                 lat = statistics.median(r[stages][1] for r in runs)
@@ -782,6 +833,9 @@ def main():
                     if stages == 2 else None)
             add(model, mode, "partime", 2, [r[2][0] for r in pinned], gflop,
                 statistics.median(r[2][1] for r in pinned), devices="cpu,cpu")
+            add(model, mode, "independent", 2, [r["indep"][0] for r in runs], gflop,
+                statistics.median(r["indep"][1] for r in runs),
+                vs_one=statistics.median(per_run[(model, mode, "ceiling")]))
             for stages in (1, 2):
                 if el_on and el[stages]:
                     ratios = [f / t for f, t in el[stages]]

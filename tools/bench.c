@@ -4,10 +4,15 @@
  * warm-up (first-touch page faults, caches, the pipeline's fill) stays out of the figures. Unless
  * --devices says otherwise, each stage gets a cpu device of its own: that is the configuration
  * whose speedup the numbers predict. */
+#define _GNU_SOURCE /* pthread_setaffinity_np */
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "tool.h"
 
 /* Pushes synthetic frames with whatever target the loss needs. The frames are generated before
@@ -203,6 +208,7 @@ done:
 typedef struct bench_row {
   int stages;
   double fps, latency_ms;
+  double work_ms; /* the stages' busy time per frame, summed over stages */
 } bench_row;
 
 static int bench_one(const tool_opts *o, int d, int64_t n, double *lat_ring, bench_row *row,
@@ -267,6 +273,9 @@ static int bench_one(const tool_opts *o, int d, int64_t n, double *lat_ring, ben
 
   row->stages = b.stages;
   row->fps = (double)n / elapsed;
+  row->work_ms = 0;
+  for (int j = 0; j < b.stages; j++) row->work_ms += b.stage[j].busy_s - a.stage[j].busy_s;
+  row->work_ms *= 1e3 / (double)n;
   row->latency_ms = lat_n ? 1e3 * lat_sum / (double)lat_n : NAN;
   char speed[16];
   if (base_fps < 0)
@@ -291,13 +300,194 @@ done:
   return rc;
 }
 
+/* Opens when all d streams have warmed up, or at once when one failed or could not start. */
+typedef struct gate {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int waiting, expected;
+  bool open;
+} gate;
+
+static void gate_open(gate *g) {
+  pthread_mutex_lock(&g->mu);
+  g->open = true;
+  pthread_cond_broadcast(&g->cv);
+  pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_pass(gate *g) {
+  pthread_mutex_lock(&g->mu);
+  if (++g->waiting == g->expected) g->open = true;
+  pthread_cond_broadcast(&g->cv);
+  while (!g->open) pthread_cond_wait(&g->cv, &g->mu);
+  pthread_mutex_unlock(&g->mu);
+}
+
+/* --independent: D one-stage streams at the same time, each on a thread pinned to a core of its
+ * own (the j-th core the process may use for stream j: where the default devices place stage j
+ * on an unrestricted machine) with its own copy of the model.
+ * Nothing passes between them, so their combined frames/s is what the D cores give together at
+ * that moment: the ceiling a D-stage pipeline on the same cores can be held against. Each stream
+ * runs unthreaded (its stage computes on the pinned thread), and the timing window closes when
+ * the first stream has done its n frames, so every figure is taken while all D run. */
+typedef struct indep {
+  const tool_opts *o;
+  int index, core;
+  int64_t n;
+  gate *start;
+  atomic_bool *stop, *failed;
+  int64_t frames;
+  double elapsed, busy;
+  int rc;
+} indep;
+
+static void *indep_main(void *arg) {
+  indep *w = arg;
+  pt_error err;
+  pt_model *m = NULL;
+  pt_stream *s = NULL;
+  feeder f = {0};
+  char device[32];
+  pt_stream_opts so;
+  int rc = TOOL_EXIT_OK;
+#ifdef __linux__
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(w->core, &set);
+  if (pthread_setaffinity_np(pthread_self(), sizeof set, &set) != 0)
+    rc = tool_fail("independent stream %d: cannot pin a thread to core %d", w->index, w->core);
+#endif
+  if (rc == TOOL_EXIT_OK && pt_model_load(w->o->pos[0], &m, &err) != PT_OK)
+    rc = tool_fail("%s", err.msg);
+  if (rc == TOOL_EXIT_OK) rc = tool_stream_opts("bench", w->o, m, &so);
+  if (rc == TOOL_EXIT_OK) {
+    if (so.train.enabled && so.train.loss == PT_LOSS_NONE) so.train.loss = PT_LOSS_MSE;
+    snprintf(device, sizeof device, "cpu:%d", w->core);
+    so.devices = device;
+    so.balance = NULL;
+    so.stages = 1;
+    so.threaded = false;
+    rc = feeder_init(&f, m, &so);
+  }
+  if (rc == TOOL_EXIT_OK && pt_stream_new(m, &so, &s, &err) != PT_OK) rc = tool_fail("%s", err.msg);
+  int64_t t = 0;
+  for (; t < 10 && rc == TOOL_EXIT_OK; t++) {
+    if (push_failed(feed(&f, s, t, NULL))) rc = tool_fail("%s", pt_stream_last_error(s));
+    if (rc == TOOL_EXIT_OK) rc = pop_all(s);
+  }
+  /* A failed stream opens the gate, so that none waits for ever. */
+  if (rc != TOOL_EXIT_OK) {
+    atomic_store(w->failed, true);
+    gate_open(w->start);
+  } else
+    gate_pass(w->start);
+  if (rc == TOOL_EXIT_OK && !atomic_load(w->failed)) {
+    pt_stream_stats a, b;
+    pt_stream_get_stats(s, &a);
+    double t0 = tool_now();
+    int64_t k = 0;
+    while (rc == TOOL_EXIT_OK && k < w->n && !atomic_load(w->stop)) {
+      if (push_failed(feed(&f, s, t + k, NULL))) rc = tool_fail("%s", pt_stream_last_error(s));
+      if (rc == TOOL_EXIT_OK) rc = pop_all(s);
+      k++;
+    }
+    atomic_store(w->stop, true);
+    w->elapsed = tool_now() - t0;
+    w->frames = k;
+    pt_stream_get_stats(s, &b);
+    w->busy = b.stage[0].busy_s - a.stage[0].busy_s;
+  }
+  pt_stream_free(s);
+  pt_model_free(m);
+  feeder_free(&f);
+  w->rc = rc;
+  return NULL;
+}
+
+/* Runs d independent one-stage streams at once and prints their row; fills `row` with their
+ * combined frames/s and the mean per-frame work. */
+static int bench_independent(const tool_opts *o, int d, int64_t n, bench_row *row,
+                             double base_fps) {
+  /* The cores this process may use (taskset, a container's cpuset), in order. */
+  int cores[CPU_SETSIZE], ncores = 0;
+#ifdef __linux__
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof allowed, &allowed) == 0)
+    for (int c = 0; c < CPU_SETSIZE; c++)
+      if (CPU_ISSET(c, &allowed)) cores[ncores++] = c;
+#endif
+  if (ncores == 0) {
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    for (long c = 0; c < online && c < CPU_SETSIZE; c++) cores[ncores++] = (int)c;
+  }
+  if (ncores == 0) cores[ncores++] = 0;
+  indep w[PT_MAX_STAGES];
+  pthread_t th[PT_MAX_STAGES];
+  gate start = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, d, false};
+  atomic_bool stop = false, failed = false;
+  int started = 0, rc = TOOL_EXIT_OK;
+  for (int j = 0; j < d; j++) {
+    w[j] = (indep){.o = o,
+                   .index = j,
+                   .core = cores[j % ncores],
+                   .n = n,
+                   .start = &start,
+                   .stop = &stop,
+                   .failed = &failed};
+  }
+  for (; started < d; started++)
+    if (pthread_create(&th[started], NULL, indep_main, &w[started]) != 0) break;
+  if (started < d) {
+    atomic_store(&failed, true);
+    gate_open(&start);
+  }
+  for (int j = 0; j < started; j++) pthread_join(th[j], NULL);
+  pthread_mutex_destroy(&start.mu);
+  pthread_cond_destroy(&start.cv);
+  if (started < d) return tool_fail("cannot start %d threads for --independent", d);
+
+  double fps = 0, per_frame = 0, work = 0;
+  for (int j = 0; j < d && rc == TOOL_EXIT_OK; j++) {
+    if (w[j].rc != TOOL_EXIT_OK)
+      rc = w[j].rc;
+    else if (w[j].frames < 1 || w[j].elapsed <= 0)
+      rc = tool_fail("independent stream %d timed no frames", j);
+    else {
+      fps += (double)w[j].frames / w[j].elapsed;
+      per_frame += w[j].elapsed / (double)w[j].frames / d;
+      work += w[j].busy / (double)w[j].frames / d;
+    }
+  }
+  if (rc != TOOL_EXIT_OK) return rc;
+  row->stages = d;
+  row->fps = fps;
+  row->latency_ms = per_frame * 1e3;
+  row->work_ms = work * 1e3;
+  char label[16], speed[16];
+  snprintf(label, sizeof label, "%dx1", d);
+  if (base_fps > 0)
+    snprintf(speed, sizeof speed, "%.2fx", fps / base_fps);
+  else
+    snprintf(speed, sizeof speed, "-");
+  printf("%6s  %-16s %10.1f %12.3f %8s  ", label, "independent", fps, per_frame * 1e3, speed);
+  for (int j = 0; j < d; j++)
+    printf("%s%d:%.0f%%", j ? " " : "", w[j].core, 100.0 * w[j].busy / w[j].elapsed);
+  printf("\n");
+  fflush(stdout);
+  return TOOL_EXIT_OK;
+}
+
 int tool_cmd_bench(int argc, char **argv) {
   const char *cmd = "bench";
   tool_opts o;
-  int rc = tool_parse_opts(
-      argc, argv, OPT_TRAIN | OPT_STAGES | OPT_DEVICES | OPT_BALANCE | OPT_FRAMES | OPT_CUDA_GRAPHS,
-      1, 1, &o);
+  int rc = tool_parse_opts(argc, argv,
+                           OPT_TRAIN | OPT_STAGES | OPT_DEVICES | OPT_BALANCE | OPT_FRAMES |
+                               OPT_CUDA_GRAPHS | OPT_INDEPENDENT,
+                           1, 1, &o);
   if (rc) return rc < 0 ? TOOL_EXIT_OK : rc;
+  if (o.independent && o.devices)
+    return tool_usage_error(cmd, "--independent compares with one stream per CPU core 0 to D-1; "
+                                 "leave out --devices");
   int list[PT_MAX_STAGES], n_list = 0;
   char buf[256];
   snprintf(buf, sizeof buf, "%s", o.stages ? o.stages : "1,2");
@@ -315,22 +505,38 @@ int tool_cmd_bench(int argc, char **argv) {
   printf("%6s  %-16s %10s %12s %8s  %s\n", "stages", "devices", "frames/s", "latency_ms", "speedup",
          "busy");
   /* The one-stage run is the baseline; run it first when it is in the list. */
-  double base = 0;
+  bench_row base = {0};
   for (int i = 0; i < n_list && rc == TOOL_EXIT_OK; i++)
     if (list[i] == 1) {
-      bench_row row;
-      rc = bench_one(&o, 1, n, ring, &row, -1);
-      if (rc == TOOL_EXIT_OK) base = row.fps;
+      rc = bench_one(&o, 1, n, ring, &base, -1);
       break;
     }
-  bool base_done = base > 0;
+  bool base_done = base.fps > 0;
+  char notes[PT_MAX_STAGES][200];
+  int n_notes = 0;
   for (int i = 0; i < n_list && rc == TOOL_EXIT_OK; i++) {
     if (list[i] == 1 && base_done) {
       base_done = false; /* printed already; later repeats of 1 run again */
       continue;
     }
-    bench_row row;
-    rc = bench_one(&o, list[i], n, ring, &row, base);
+    bench_row row = {0}, ind = {0};
+    rc = bench_one(&o, list[i], n, ring, &row, base.fps);
+    if (rc != TOOL_EXIT_OK || !o.independent || list[i] < 2) continue;
+    /* Right after the pipeline, so that both see the machine in the same state. */
+    rc = bench_independent(&o, list[i], n, &ind, base.fps);
+    if (rc != TOOL_EXIT_OK) break;
+    int len = snprintf(notes[n_notes], sizeof notes[0],
+                       "%d stages: %.0f%% of %d independent streams' frames/s", list[i],
+                       100.0 * row.fps / ind.fps, list[i]);
+    if (base.work_ms > 0 && len > 0 && (size_t)len < sizeof notes[0])
+      snprintf(notes[n_notes] + len, sizeof notes[0] - (size_t)len,
+               "; work per frame %.2fx one stage's alone, the independent streams' %.2fx",
+               row.work_ms / base.work_ms, ind.work_ms / base.work_ms);
+    n_notes++;
+  }
+  if (rc == TOOL_EXIT_OK && n_notes) {
+    printf("\n");
+    for (int i = 0; i < n_notes; i++) printf("%s\n", notes[i]);
   }
   free(ring);
   return rc;

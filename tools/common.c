@@ -45,9 +45,13 @@ static const char usage_balance[] =
     "      Prints each stage's node range, ops and measured cost, and the predicted speedup.\n";
 static const char usage_bench[] =
     "  partime bench MODEL --stages 1,2,4 --frames N [--train] [--devices LIST] [--balance B]\n"
-    "                [--cuda-graphs]\n"
+    "                [--cuda-graphs] [--independent]\n"
     "      Streams N synthetic frames per stage count and prints frames/s, mean latency,\n"
-    "      each stage's busy fraction and the speedup over one stage. --cuda-graphs as for run.\n";
+    "      each stage's busy fraction and the speedup over one stage. --cuda-graphs as for run.\n"
+    "      --independent          after each D-stage row, also run D one-stage streams at once,\n"
+    "                             one per core (cores 0 to D-1), each with its own copy of the\n"
+    "                             model: what D cores give together with nothing passed between\n"
+    "                             them, the ceiling the D-stage row is compared with\n";
 
 void tool_print_usage(FILE *f, const char *cmd) {
   const char *one = NULL;
@@ -162,6 +166,7 @@ enum {
   KEY_FRAMES,
   KEY_SYNTHETIC,
   KEY_CUDA_GRAPHS,
+  KEY_INDEPENDENT,
   KEY_VERBOSE,
   KEY_HELP,
 };
@@ -184,6 +189,7 @@ static const struct option long_opts[] = {
     {"frames", required_argument, NULL, KEY_FRAMES},
     {"synthetic", required_argument, NULL, KEY_SYNTHETIC},
     {"cuda-graphs", no_argument, NULL, KEY_CUDA_GRAPHS},
+    {"independent", no_argument, NULL, KEY_INDEPENDENT},
     {"verbose", no_argument, NULL, KEY_VERBOSE},
     {"help", no_argument, NULL, KEY_HELP},
     {NULL, 0, NULL, 0},
@@ -221,6 +227,8 @@ static unsigned key_bit(int key) {
     return OPT_SYNTHETIC;
   case KEY_CUDA_GRAPHS:
     return OPT_CUDA_GRAPHS;
+  case KEY_INDEPENDENT:
+    return OPT_INDEPENDENT;
   default:
     return 0;
   }
@@ -301,6 +309,9 @@ int tool_parse_opts(int argc, char **argv, unsigned allowed, int min_pos, int ma
       break;
     case KEY_CUDA_GRAPHS:
       o->cuda_graphs = true;
+      break;
+    case KEY_INDEPENDENT:
+      o->independent = true;
       break;
     case KEY_LOSS: {
       pt_loss l;

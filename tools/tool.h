@@ -19,6 +19,7 @@ typedef struct tool_opts {
   const char *loss, *optimizer;
   bool train, verbose;
   bool cuda_graphs; /* --cuda-graphs */
+  bool independent; /* bench: --independent */
   bool have_lr, have_momentum, have_weight_decay;
   double lr, momentum, weight_decay;
   int64_t frames;     /* bench: --frames */
@@ -41,6 +42,7 @@ enum {
   OPT_FRAMES = 1 << 9,
   OPT_SYNTHETIC = 1 << 10,
   OPT_CUDA_GRAPHS = 1 << 11,
+  OPT_INDEPENDENT = 1 << 12,
 };
 
 /* Parses argv (argv[0] is the subcommand). Returns TOOL_EXIT_OK, TOOL_EXIT_USAGE after printing

@@ -8,6 +8,7 @@ models, streams generated .npy frames with --output and --trace, learns on a smo
 stream, saves and reloads checkpoints, and checks exit codes and messages on bad input. Prints
 "N passed, N failed"."""
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -399,6 +400,25 @@ def test_bench_balance():
         check(float(rows[0][2]) > 0 and float(rows[1][2]) > 0 and rows[0][4] == "1.00x",
               f"bench figures: {rows}")
     ok_run("bench", "builtin:autoencoder", "--train", "--stages", "1,2", "--frames", "10")
+    # --independent: after the 2-stage row, two one-stage streams at once, and their comparison
+    r = ok_run("bench", "builtin:classifier", "--train", "--stages", "1,2", "--frames", "20",
+               "--independent")
+    lines = r.stdout.splitlines()
+    ind = [i for i, line in enumerate(lines) if line.split()[:2] == ["2x1", "independent"]]
+    two = [i for i, line in enumerate(lines) if line.split()[:2] == ["2", "cpu,cpu"]]
+    check(len(ind) == 1 and len(two) == 1 and ind[0] == two[0] + 1,
+          f"bench --independent rows: {r.stdout!r}")
+    if ind:
+        f = lines[ind[0]].split()
+        check(float(f[2]) > 0 and f[4].endswith("x") and f[5].startswith("0:")
+              and f[6].startswith("1:"), f"independent row: {f}")
+    check(re.search(r"^2 stages: \d+% of 2 independent streams' frames/s; work per frame "
+                    r"[0-9.]+x one stage's alone, the independent streams' [0-9.]+x$",
+                    r.stdout, re.M) is not None, f"bench --independent summary: {r.stdout!r}")
+    r = tool("bench", "builtin:classifier", "--stages", "2", "--devices", "cpu,cpu",
+             "--independent")
+    check(r.returncode == 2 and "leave out --devices" in r.stderr,
+          f"--independent with --devices: {r.returncode} {r.stderr!r}")
 
 
 def main():
