@@ -464,6 +464,15 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
     g->core = dev[di].core;
     g->gpu = dev[di].gpu;
   }
+  /* A waiting CPU stage spins only on a core of its own: not with more stages than cores, nor on
+   * a core another stage is pinned to (devices "cpu:0,cpu:0"), where it would hold that stage up.
+   */
+  for (int j = 0; j < D; j++) {
+    stage *g = &s->st[j];
+    g->spin = !s->cuda && D <= s->cores;
+    for (int i = 0; i < D && g->spin; i++)
+      if (i != j && g->core >= 0 && s->st[i].core == g->core) g->spin = false;
+  }
   for (int i = 0; i < s->n_slots; i++) {
     slot *sl = &s->slots[i];
     sl->input = host_alloc(s, s->in_numel * sizeof(float));
@@ -843,7 +852,7 @@ static void *stage_main(void *arg) {
   stage *g = arg;
   pt_stream *s = g->s;
   pin(g);
-  bool spin = !s->cuda && s->D <= s->cores;
+  bool spin = g->spin;
   pthread_mutex_lock(&s->mu);
   for (;;) {
     while (!s->stop && !ready(s, g, g->done)) {

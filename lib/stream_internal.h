@@ -63,8 +63,9 @@ typedef struct stage {
   pt_exec x;
   struct pt_cuda_stage *cu; /* a CUDA stage's state (cuda/engine.c), NULL on the CPU */
   char device[32];
-  int gpu;  /* CUDA device index, -1 on the CPU */
-  int core; /* CPU core to pin to, -1 for none */
+  int gpu;   /* CUDA device index, -1 on the CPU */
+  int core;  /* CPU core to pin to, -1 for none */
+  bool spin; /* a CPU stage with a core of its own: polls briefly for its next tick */
   pthread_t thread;
   bool thread_started;
   int64_t done;    /* ticks completed */

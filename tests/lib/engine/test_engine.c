@@ -834,9 +834,58 @@ static void test_poll_needs_a_spare_core(void) {
 #endif
 }
 
+/* A stage spins for its next tick only on a core no other stage of the stream is pinned to: two
+ * stages spinning by turns on one core would each hold the other up. Results stay the same. */
+static void test_spin_needs_own_core(void) {
+  pt_model *m = load("convnet.onnx");
+  if (!m) return;
+  const char *lists[] = {"cpu:0,cpu:0", "cpu:0,cpu:1"};
+  pt_shape is = pt_model_input_shape(m), os = pt_model_output_shape(m);
+  int64_t in = pt_shape_numel(&is), out = pt_shape_numel(&os);
+  float *f = frames(6, in, 7),
+        *got[2] = {malloc(sizeof(float) * 6 * out), malloc(sizeof(float) * 6 * out)};
+  long online = sysconf(_SC_NPROCESSORS_ONLN);
+  for (int l = 0; l < 2; l++) {
+    if (l == 1 && online < 2) break; /* no core 1 */
+    pt_stream_opts o;
+    pt_stream_opts_init(&o);
+    o.stages = 2;
+    o.devices = lists[l];
+    pt_error err;
+    pt_stream *s = NULL;
+    if (pt_stream_new(m, &o, &s, &err)) {
+      CHECK(0, "devices %s: %s", lists[l], err.msg);
+      continue;
+    }
+    bool own = l == 1 && s->cores >= 2;
+    CHECK(s->st[0].spin == own && s->st[1].spin == own, "devices %s, %ld usable cores: stages %s",
+          lists[l], s->cores, own ? "spin" : "do not spin");
+    int n = 0;
+    for (int k = 0; k <= 6; k++) {
+      if (k < 6)
+        CHECK(pt_stream_push(s, f + k * in, NULL, NULL) == PT_OK, "push");
+      else
+        CHECK(pt_stream_drain(s) == PT_OK, "drain");
+      pt_result r;
+      while (pt_stream_pop(s, &r) == PT_OK && n < 6)
+        memcpy(got[l] + n++ * out, r.output, sizeof(float) * out);
+    }
+    CHECK(n == 6, "devices %s: %d of 6 results", lists[l], n);
+    pt_stream_free(s);
+  }
+  if (online >= 2)
+    CHECK(memcmp(got[0], got[1], sizeof(float) * 6 * out) == 0,
+          "stages sharing a core give the same outputs");
+  free(f);
+  free(got[0]);
+  free(got[1]);
+  pt_model_free(m);
+}
+
 int main(int argc, char **argv) {
   dir = argc > 1 ? argv[1] : ".";
   test_poll_needs_a_spare_core();
+  test_spin_needs_own_core();
   test_tick_contract();
   test_lag();
   test_threaded_identical();
