@@ -1,8 +1,10 @@
 /* Single-core convolution benchmark, batch 1: libpartime's two CPU convolution paths, the gemm
- * path of lib/cpu/conv.c (im2col + OpenBLAS sgemm) and the oneDNN plans of lib/cpu/dnnl_conv.c
+ * path of lib/cpu/conv.c (im2col + pt_sgemm: OpenBLAS, or oneDNN's sgemm where OpenBLAS runs
+ * its generic kernels) and the oneDNN plans of lib/cpu/dnnl_conv.c
  * (blocked-layout kernels, with the reorders from and to NCHW the executor pays), forward and
  * backward on the layer shapes of the benchmark and built-in models; plus the raw single-core
- * cblas_sgemm rate on a 1024^3 product, the ceiling of the gemm path. The summary table is what
+ * cblas_sgemm rate on a 1024^3 product, the ceiling of the gemm path, and OpenBLAS against
+ * oneDNN's sgemm on the gemm path's shapes. The summary table is what
  * pt_dnnl_conv_preferred()'s rule is drawn from.
  *
  * With -v, oneDNN's primitives are also timed directly: on plain NCHW / OIHW tensors, and on the
@@ -23,6 +25,7 @@
 #include <dnnl.h>
 #include "cpu/dnnl_conv.h"
 #include "cpu/ops.h"
+#include "cpu/sgemm.h"
 
 static double min_seconds = 0.3;
 static bool verbose = false; /* -v: also oneDNN's primitives used directly */
@@ -425,6 +428,53 @@ static void gemm_run(void *c) {
               k->n, 0.0f, k->c, k->n);
 }
 
+/* A product of the gemm path's shapes, on OpenBLAS or oneDNN directly. */
+typedef struct shape_gemm {
+  int m, n, k;
+  bool onednn;
+  float *a, *b, *c;
+} shape_gemm;
+
+static void shape_gemm_run(void *c) {
+  shape_gemm *g = c;
+  if (g->onednn)
+    dnnl_sgemm('N', 'N', g->m, g->n, g->k, 1.0f, g->a, g->k, g->b, g->n, 0.0f, g->c, g->n);
+  else
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->m, g->n, g->k, 1.0f, g->a, g->k, g->b,
+                g->n, 0.0f, g->c, g->n);
+}
+
+/* OpenBLAS against oneDNN's sgemm on the products conv.c makes (M = output channels, N = pixels,
+ * K = input channels x kernel area), which is what cpu/blas.c's choice between them rests on. */
+static void bench_shape_gemms(void) {
+  static const struct {
+    const char *name;
+    int m, n, k;
+  } g[] = {
+      {"1x1 16->10 32x32 (small's head)", 10, 32 * 32, 16},
+      {"1x1 32->10 64x64 (large's head)", 10, 64 * 64, 32},
+      {"3x3 16->16 32x32 im2col", 16, 32 * 32, 16 * 9},
+      {"5x5 32->32 64x64 im2col", 32, 64 * 64, 32 * 25},
+  };
+  printf("sgemm on the gemm path's shapes, one core (pt_sgemm uses %s here):\n",
+         pt_sgemm_library());
+  for (size_t i = 0; i < sizeof g / sizeof g[0]; i++) {
+    shape_gemm k = {g[i].m, g[i].n, g[i].k, false, NULL, NULL, NULL};
+    unsigned seed = 5;
+    k.a = malloc(sizeof(float) * k.m * k.k), k.b = malloc(sizeof(float) * k.k * k.n);
+    k.c = malloc(sizeof(float) * k.m * k.n);
+    fill(k.a, (size_t)k.m * k.k, &seed), fill(k.b, (size_t)k.k * k.n, &seed);
+    double flops = 2.0 * k.m * k.n * k.k;
+    char what[96];
+    for (int lib = 0; lib < 2; lib++) {
+      k.onednn = lib == 1;
+      snprintf(what, sizeof what, "%s, %s", g[i].name, lib ? "dnnl_sgemm" : "cblas_sgemm");
+      report(what, time_call(shape_gemm_run, &k), flops);
+    }
+    free(k.a), free(k.b), free(k.c);
+  }
+}
+
 int main(int argc, char **argv) {
   if (!getenv("OMP_NUM_THREADS") || !getenv("OPENBLAS_NUM_THREADS")) {
     setenv("OMP_NUM_THREADS", "1", 0);
@@ -454,6 +504,7 @@ int main(int argc, char **argv) {
   printf("cblas_sgemm 1024x1024x1024, one core:\n");
   report("sgemm", time_call(gemm_run, &g), 2.0 * 1024 * 1024 * 1024);
   free(g.a), free(g.b), free(g.c);
+  bench_shape_gemms();
 
   dnnl_engine_t eng;
   dnnl_stream_t stream;

@@ -36,6 +36,7 @@
 #include "partition.h"
 #include "split.h"
 #include "stream_internal.h"
+#include "cpu/sgemm.h"
 
 double pt_now_s(void) {
   struct timespec ts;
@@ -399,12 +400,19 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
   pt_blas_init();
   static bool blas_reported;
   const char *better = NULL, *core = pt_blas_slow_kernels(&better);
-  if (core && s->o.log && !__atomic_exchange_n(&blas_reported, true, __ATOMIC_RELAXED))
-    pt_stream_log(s, PT_LOG_WARNING,
-                  "OpenBLAS does not know this CPU and runs its generic %s kernels, several times "
-                  "slower than its %s ones (layers that run on oneDNN are not affected): set "
-                  "OPENBLAS_CORETYPE=%s in the environment",
-                  core, better, better);
+  if (core && s->o.log && !__atomic_exchange_n(&blas_reported, true, __ATOMIC_RELAXED)) {
+    if (strcmp(pt_sgemm_library(), "oneDNN") == 0)
+      pt_stream_log(s, PT_LOG_INFO,
+                    "OpenBLAS does not know this CPU and runs its generic %s kernels: matrix "
+                    "products go to oneDNN's sgemm instead",
+                    core);
+    else
+      pt_stream_log(s, PT_LOG_WARNING,
+                    "OpenBLAS does not know this CPU and runs its generic %s kernels, several "
+                    "times slower than its %s ones (layers that run on oneDNN are not affected): "
+                    "set OPENBLAS_CORETYPE=%s in the environment",
+                    core, better, better);
+  }
 
   /* Partition. */
   pt_partition part;

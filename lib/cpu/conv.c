@@ -1,6 +1,7 @@
 /* Conv and ConvTranspose on the CPU, forward and backward.
  *
- * The matrix work goes to OpenBLAS (cblas_sgemm), per group and batch item:
+ * The matrix work goes to pt_sgemm (OpenBLAS, or oneDNN's sgemm: cpu/blas.c), per group and batch
+ * item:
  *   Conv forward      Y_g (OCg, P)      = W_g (OCg, K) * col (K, P)        col = im2col(X_g)
  *   Conv dW           dW_g^T (K, OCg)  += col * dY_g^T
  *   Conv dX           dcol (K, P)       = W_g^T * dY_g, then col2im adds it into dX_g
@@ -21,8 +22,8 @@
  * dW) and then for dcol (for dX). Per the accumulate rule of ops.h, backward adds into din, dw and
  * db and skips any that is NULL; forward overwrites out. */
 #include <string.h>
-#include <cblas.h>
 #include "ops.h"
+#include "sgemm.h"
 
 /* Row kernels on four-lane vectors (GCC / Clang vector extensions; the width every x86-64 and
  * arm64 has), two per step, with unaligned access through memcpy. Their trip counts are known
@@ -346,9 +347,9 @@ void pt_conv2d_forward(float *out, const float *in, const float *w, const float 
   } else if (pt_conv_pointwise(p)) {
     for (int n = 0; n < p->N; n++)
       for (int g = 0; g < G; g++)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OCg, (int)P, K, 1.0f,
-                    w + (int64_t)g * OCg * K, K, in + ((int64_t)n * p->C + (int64_t)g * Cg) * HW,
-                    (int)P, 0.0f, out + ((int64_t)n * p->OC + (int64_t)g * OCg) * P, (int)P);
+        pt_sgemm(CblasNoTrans, CblasNoTrans, OCg, (int)P, K, 1.0f, w + (int64_t)g * OCg * K, K,
+                 in + ((int64_t)n * p->C + (int64_t)g * Cg) * HW, (int)P, 0.0f,
+                 out + ((int64_t)n * p->OC + (int64_t)g * OCg) * P, (int)P);
   } else {
     const pt_col_geom geom = pt_conv_geom(p);
     const int band = pt_conv_band(p);
@@ -359,9 +360,8 @@ void pt_conv2d_forward(float *out, const float *in, const float *w, const float 
         for (int r0 = 0; r0 < p->OH; r0 += band) {
           const int r1 = r0 + band < p->OH ? r0 + band : p->OH, T = (r1 - r0) * p->OW;
           pt_im2col(scratch, x, &geom, r0, r1);
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OCg, T, K, 1.0f,
-                      w + (int64_t)g * OCg * K, K, scratch, T, 0.0f, y + (int64_t)r0 * p->OW,
-                      (int)P);
+          pt_sgemm(CblasNoTrans, CblasNoTrans, OCg, T, K, 1.0f, w + (int64_t)g * OCg * K, K,
+                   scratch, T, 0.0f, y + (int64_t)r0 * p->OW, (int)P);
         }
       }
   }
@@ -406,11 +406,11 @@ void pt_conv2d_backward(float *din, float *dw, float *db, const float *dout, con
       float *dx = din ? din + ((int64_t)n * p->C + (int64_t)g * Cg) * HW : NULL;
       if (pointwise) {
         if (dw)
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K, OCg, (int)P, 1.0f, x, (int)P, dy,
-                      (int)P, 1.0f, dwt, OCg);
+          pt_sgemm(CblasNoTrans, CblasTrans, K, OCg, (int)P, 1.0f, x, (int)P, dy, (int)P, 1.0f, dwt,
+                   OCg);
         if (dx)
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)P, OCg, 1.0f, wg, K, dy,
-                      (int)P, 1.0f, dx, (int)P);
+          pt_sgemm(CblasTrans, CblasNoTrans, K, (int)P, OCg, 1.0f, wg, K, dy, (int)P, 1.0f, dx,
+                   (int)P);
         continue;
       }
       for (int r0 = 0; r0 < p->OH; r0 += band) {
@@ -418,12 +418,10 @@ void pt_conv2d_backward(float *din, float *dw, float *db, const float *dout, con
         const float *dyb = dy + (int64_t)r0 * p->OW;
         if (dw) {
           pt_im2col(col, x, &geom, r0, r1);
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K, OCg, T, 1.0f, col, T, dyb, (int)P,
-                      1.0f, dwt, OCg);
+          pt_sgemm(CblasNoTrans, CblasTrans, K, OCg, T, 1.0f, col, T, dyb, (int)P, 1.0f, dwt, OCg);
         }
         if (dx) {
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, T, OCg, 1.0f, wg, K, dyb, (int)P,
-                      0.0f, col, T);
+          pt_sgemm(CblasTrans, CblasNoTrans, K, T, OCg, 1.0f, wg, K, dyb, (int)P, 0.0f, col, T);
           pt_col2im(dx, col, &geom, r0, r1);
         }
       }
@@ -456,14 +454,14 @@ void pt_conv_transpose2d_forward(float *out, const float *in, const float *w, co
       const float *wg = w + (int64_t)g * Cg * Kc;
       float *y = out + ((int64_t)n * p->OC + (int64_t)g * OCg) * OP;
       if (pointwise) {
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OCg, (int)HW, Cg, 1.0f, wg, Kc, x,
-                    (int)HW, 0.0f, y, (int)HW);
+        pt_sgemm(CblasTrans, CblasNoTrans, OCg, (int)HW, Cg, 1.0f, wg, Kc, x, (int)HW, 0.0f, y,
+                 (int)HW);
         continue;
       }
       for (int r0 = 0; r0 < p->H; r0 += band) {
         const int r1 = r0 + band < p->H ? r0 + band : p->H, T = (r1 - r0) * p->W;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Kc, T, Cg, 1.0f, wg, Kc,
-                    x + (int64_t)r0 * p->W, (int)HW, 0.0f, scratch, T);
+        pt_sgemm(CblasTrans, CblasNoTrans, Kc, T, Cg, 1.0f, wg, Kc, x + (int64_t)r0 * p->W, (int)HW,
+                 0.0f, scratch, T);
         pt_col2im(y, scratch, &geom, r0, r1);
       }
     }
@@ -497,22 +495,22 @@ void pt_conv_transpose2d_backward(float *din, float *dw, float *db, const float 
       float *dx = din ? din + ((int64_t)n * p->C + (int64_t)g * Cg) * HW : NULL;
       if (pointwise) { /* dY is its own column matrix (OCg, HW) */
         if (dx)
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cg, (int)HW, Kc, 1.0f, wg, Kc, dy,
-                      (int)HW, 1.0f, dx, (int)HW);
+          pt_sgemm(CblasNoTrans, CblasNoTrans, Cg, (int)HW, Kc, 1.0f, wg, Kc, dy, (int)HW, 1.0f, dx,
+                   (int)HW);
         if (dwg)
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cg, Kc, (int)HW, 1.0f, x, (int)HW,
-                      dy, (int)HW, 1.0f, dwg, Kc);
+          pt_sgemm(CblasNoTrans, CblasTrans, Cg, Kc, (int)HW, 1.0f, x, (int)HW, dy, (int)HW, 1.0f,
+                   dwg, Kc);
         continue;
       }
       for (int r0 = 0; r0 < p->H; r0 += band) {
         const int r1 = r0 + band < p->H ? r0 + band : p->H, T = (r1 - r0) * p->W;
         pt_im2col(col, dy, &geom, r0, r1);
         if (dx)
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cg, T, Kc, 1.0f, wg, Kc, col, T,
-                      1.0f, dx + (int64_t)r0 * p->W, (int)HW);
+          pt_sgemm(CblasNoTrans, CblasNoTrans, Cg, T, Kc, 1.0f, wg, Kc, col, T, 1.0f,
+                   dx + (int64_t)r0 * p->W, (int)HW);
         if (dwg)
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Kc, Cg, T, 1.0f, col, T,
-                      x + (int64_t)r0 * p->W, (int)HW, 1.0f, dwt, Cg);
+          pt_sgemm(CblasNoTrans, CblasTrans, Kc, Cg, T, 1.0f, col, T, x + (int64_t)r0 * p->W,
+                   (int)HW, 1.0f, dwt, Cg);
       }
     }
     if (dwt && dwg) pt_add_transposed(dwg, dwt, Cg, Kc);

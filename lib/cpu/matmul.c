@@ -1,4 +1,4 @@
-/* Gemm and MatMul on the CPU, forward and backward, all through cblas_sgemm (row-major).
+/* Gemm and MatMul on the CPU, forward and backward, all through pt_sgemm (row-major).
  *
  * Gemm: Y (M,N) = alpha * op(A) * op(B) + beta * C, with A stored (M,K) or, transposed, (K,M) and
  * B stored (K,N) or (N,K). C is broadcast by pt_gemm_c: a scalar, a row of N, a column of M or the
@@ -11,8 +11,8 @@
  * Backward adds into da, db and dc (accumulate rule of ops.h); NULL means skip. A gradient of a
  * broadcast operand sums over the positions it was broadcast to. */
 #include <string.h>
-#include <cblas.h>
 #include "ops.h"
+#include "sgemm.h"
 
 static CBLAS_TRANSPOSE pt_tr(bool t) {
   return t ? CblasTrans : CblasNoTrans;
@@ -42,8 +42,7 @@ void pt_gemm_forward(float *out, const float *a, const float *b, const float *c,
       break;
     }
   }
-  cblas_sgemm(CblasRowMajor, pt_tr(p->trans_a), pt_tr(p->trans_b), M, N, K, p->alpha, a, lda, b,
-              ldb, beta, out, N);
+  pt_sgemm(pt_tr(p->trans_a), pt_tr(p->trans_b), M, N, K, p->alpha, a, lda, b, ldb, beta, out, N);
 }
 
 /* da, db shaped as a and b; dc shaped as c; dout (M,N). */
@@ -55,19 +54,15 @@ void pt_gemm_backward(float *da, float *db, float *dc, const float *dout, const 
 
   if (da) {
     if (!p->trans_a) /* dA (M,K) += alpha * dY * op(B)^T */
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, pt_tr(!p->trans_b), M, K, N, alpha, dout, N, b, ldb,
-                  1.0f, da, K);
+      pt_sgemm(CblasNoTrans, pt_tr(!p->trans_b), M, K, N, alpha, dout, N, b, ldb, 1.0f, da, K);
     else /* dA (K,M) += alpha * op(B) * dY^T */
-      cblas_sgemm(CblasRowMajor, pt_tr(p->trans_b), CblasTrans, K, M, N, alpha, b, ldb, dout, N,
-                  1.0f, da, M);
+      pt_sgemm(pt_tr(p->trans_b), CblasTrans, K, M, N, alpha, b, ldb, dout, N, 1.0f, da, M);
   }
   if (db) {
     if (!p->trans_b) /* dB (K,N) += alpha * op(A)^T * dY */
-      cblas_sgemm(CblasRowMajor, pt_tr(!p->trans_a), CblasNoTrans, K, N, M, alpha, a, lda, dout, N,
-                  1.0f, db, N);
+      pt_sgemm(pt_tr(!p->trans_a), CblasNoTrans, K, N, M, alpha, a, lda, dout, N, 1.0f, db, N);
     else /* dB (N,K) += alpha * dY^T * op(A) */
-      cblas_sgemm(CblasRowMajor, CblasTrans, pt_tr(p->trans_a), N, K, M, alpha, dout, N, a, lda,
-                  1.0f, db, K);
+      pt_sgemm(CblasTrans, pt_tr(p->trans_a), N, K, M, alpha, dout, N, a, lda, 1.0f, db, K);
   }
   if (dc && p->c_mode != PT_GEMM_C_NONE) {
     const float beta = p->beta;
@@ -108,13 +103,12 @@ static bool pt_matmul_rows(const pt_matmul_params *p) {
 void pt_matmul_forward(float *out, const float *a, const float *b, const pt_matmul_params *p) {
   const int M = p->M, N = p->N, K = p->K;
   if (pt_matmul_rows(p)) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p->batch * M, N, K, 1.0f, a, K, b, N,
-                0.0f, out, N);
+    pt_sgemm(CblasNoTrans, CblasNoTrans, p->batch * M, N, K, 1.0f, a, K, b, N, 0.0f, out, N);
     return;
   }
   for (int i = 0; i < p->batch; i++)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a + i * p->a_stride, K,
-                b + i * p->b_stride, N, 0.0f, out + (int64_t)i * M * N, N);
+    pt_sgemm(CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a + i * p->a_stride, K, b + i * p->b_stride,
+             N, 0.0f, out + (int64_t)i * M * N, N);
 }
 
 /* da, db laid out as a, b (a shared operand gets the sum over the batch); dout (batch, M, N). */
@@ -124,20 +118,18 @@ void pt_matmul_backward(float *da, float *db, const float *dout, const float *a,
   if (pt_matmul_rows(p)) {
     const int R = p->batch * M;
     if (da) /* dA (R,K) += dY (R,N) * B^T */
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, K, N, 1.0f, dout, N, b, N, 1.0f, da,
-                  K);
+      pt_sgemm(CblasNoTrans, CblasTrans, R, K, N, 1.0f, dout, N, b, N, 1.0f, da, K);
     if (db) /* dB (K,N) += A^T (K,R) * dY (R,N) */
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, N, R, 1.0f, a, K, dout, N, 1.0f, db,
-                  N);
+      pt_sgemm(CblasTrans, CblasNoTrans, K, N, R, 1.0f, a, K, dout, N, 1.0f, db, N);
     return;
   }
   for (int i = 0; i < p->batch; i++) {
     const float *dy = dout + (int64_t)i * M * N;
     if (da)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, K, N, 1.0f, dy, N,
-                  b + i * p->b_stride, N, 1.0f, da + i * p->a_stride, K);
+      pt_sgemm(CblasNoTrans, CblasTrans, M, K, N, 1.0f, dy, N, b + i * p->b_stride, N, 1.0f,
+               da + i * p->a_stride, K);
     if (db)
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, N, M, 1.0f, a + i * p->a_stride, K,
-                  dy, N, 1.0f, db + i * p->b_stride, N);
+      pt_sgemm(CblasTrans, CblasNoTrans, K, N, M, 1.0f, a + i * p->a_stride, K, dy, N, 1.0f,
+               db + i * p->b_stride, N);
   }
 }
