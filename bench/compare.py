@@ -13,7 +13,7 @@ GFLOP/s and the share of this machine's one-core sgemm rate (measured at the sta
 configuration reaches on the cores it uses; a goals block closes the report.
 
 usage: compare.py [--build DIR] [--models small,large,residual] [--frames N] [--runs R] [--quick]
-                  [--csv PATH] [--plot PATH]
+                  [--csv PATH] [--plot PATH] [--no-install]
        compare.py --worker ...   (internal: one timed configuration in a process of its own)
 """
 import argparse
@@ -29,6 +29,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# --no-install: use only what is already importable (here or in the bench environment)
+NO_INSTALL = False
 ROOT = os.path.dirname(HERE)
 MODELS = ("small", "large", "residual")
 WARMUP = 10
@@ -366,6 +368,8 @@ def venv_python(module, version_of):
         version = version_of(python)
         if version:
             return python, version
+    if NO_INSTALL:
+        return None, f"not importable here nor in {BENCH_VENV}, and --no-install"
     print(f"{module}: not importable; installing it from PyPI into {BENCH_VENV}", flush=True)
     if not os.access(py, os.X_OK):
         out = subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", BENCH_VENV],
@@ -698,7 +702,12 @@ def main():
                     help="write the rows to this CSV file (default: bench-results.csv)")
     ap.add_argument("--plot", help="write the bar chart to this PNG (default: the CSV's path"
                     " with .png)")
+    ap.add_argument("--no-install", action="store_true",
+                    help="install nothing from PyPI: skip onnxruntime and the chart where they"
+                    " are not importable already")
     a = ap.parse_args()
+    global NO_INSTALL
+    NO_INSTALL = a.no_install
     if a.quick:
         a.frames, a.runs = 20, 1
     models = [m for m in a.models.split(",") if m]
