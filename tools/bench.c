@@ -486,7 +486,7 @@ int tool_cmd_bench(int argc, char **argv) {
                            1, 1, &o);
   if (rc) return rc < 0 ? TOOL_EXIT_OK : rc;
   if (o.independent && o.devices)
-    return tool_usage_error(cmd, "--independent compares with one stream per CPU core 0 to D-1; "
+    return tool_usage_error(cmd, "--independent compares with one stream per CPU core of its own; "
                                  "leave out --devices");
   int list[PT_MAX_STAGES], n_list = 0;
   char buf[256];

@@ -49,9 +49,10 @@ static const char usage_bench[] =
     "      Streams N synthetic frames per stage count and prints frames/s, mean latency,\n"
     "      each stage's busy fraction and the speedup over one stage. --cuda-graphs as for run.\n"
     "      --independent          after each D-stage row, also run D one-stage streams at once,\n"
-    "                             one per core (cores 0 to D-1), each with its own copy of the\n"
-    "                             model: what D cores give together with nothing passed between\n"
-    "                             them, the ceiling the D-stage row is compared with\n";
+    "                             one per core (the first D the process may use), each with\n"
+    "                             its own copy of the model: what D cores give together with\n"
+    "                             nothing passed between them, the ceiling the D-stage row is\n"
+    "                             compared with\n";
 
 void tool_print_usage(FILE *f, const char *cmd) {
   const char *one = NULL;
