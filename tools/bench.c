@@ -113,6 +113,12 @@ static int pop_all(pt_stream *s) {
   return st == PT_AGAIN ? TOOL_EXIT_OK : tool_fail("%s", pt_stream_last_error(s));
 }
 
+/* Pushes frame t with no user data and pops every result that is out. */
+static int feed_and_pop(feeder *f, pt_stream *s, int64_t t) {
+  if (push_failed(feed(f, s, t, NULL))) return tool_fail("%s", pt_stream_last_error(s));
+  return pop_all(s);
+}
+
 int tool_cmd_balance(int argc, char **argv) {
   const char *cmd = "balance";
   tool_opts o;
@@ -146,16 +152,14 @@ int tool_cmd_balance(int argc, char **argv) {
   int64_t t = 0;
   pt_stream_stats a, b;
   for (; t < 2 * d + 3 && rc == TOOL_EXIT_OK; t++) {
-    if (push_failed(feed(&f, s, t, NULL))) rc = tool_fail("%s", pt_stream_last_error(s));
-    if (rc == TOOL_EXIT_OK) rc = pop_all(s);
+    rc = feed_and_pop(&f, s, t);
   }
   if (rc != TOOL_EXIT_OK) goto done;
   pt_stream_get_stats(s, &a);
   double t0 = tool_now();
   for (int64_t k = 0; rc == TOOL_EXIT_OK && (k < 20 || (tool_now() - t0 < 1.0 && k < 2000));
        k++, t++) {
-    if (push_failed(feed(&f, s, t, NULL))) rc = tool_fail("%s", pt_stream_last_error(s));
-    if (rc == TOOL_EXIT_OK) rc = pop_all(s);
+    rc = feed_and_pop(&f, s, t);
   }
   if (rc != TOOL_EXIT_OK) goto done;
   pt_stream_get_stats(s, &b);
@@ -235,8 +239,7 @@ static int bench_one(const tool_opts *o, int d, int64_t n, double *lat_ring, ben
 
   int64_t t = 0, warm = 8 + 2 * (int64_t)d;
   for (; t < warm && rc == TOOL_EXIT_OK; t++) {
-    if (push_failed(feed(&f, s, t, NULL))) rc = tool_fail("%s", pt_stream_last_error(s));
-    if (rc == TOOL_EXIT_OK) rc = pop_all(s);
+    rc = feed_and_pop(&f, s, t);
   }
   if (rc != TOOL_EXIT_OK) goto done;
 
@@ -372,8 +375,7 @@ static void *indep_main(void *arg) {
   if (rc == TOOL_EXIT_OK && pt_stream_new(m, &so, &s, &err) != PT_OK) rc = tool_fail("%s", err.msg);
   int64_t t = 0;
   for (; t < 10 && rc == TOOL_EXIT_OK; t++) {
-    if (push_failed(feed(&f, s, t, NULL))) rc = tool_fail("%s", pt_stream_last_error(s));
-    if (rc == TOOL_EXIT_OK) rc = pop_all(s);
+    rc = feed_and_pop(&f, s, t);
   }
   /* A failed stream opens the gate, so that none waits for ever. */
   if (rc != TOOL_EXIT_OK) {
@@ -387,8 +389,7 @@ static void *indep_main(void *arg) {
     double t0 = tool_now();
     int64_t k = 0;
     while (rc == TOOL_EXIT_OK && k < w->n && !atomic_load(w->stop)) {
-      if (push_failed(feed(&f, s, t + k, NULL))) rc = tool_fail("%s", pt_stream_last_error(s));
-      if (rc == TOOL_EXIT_OK) rc = pop_all(s);
+      rc = feed_and_pop(&f, s, t + k);
       k++;
     }
     atomic_store(w->stop, true);
