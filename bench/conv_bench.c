@@ -417,18 +417,7 @@ static int bench_pt(const pt_conv_params *p, bool t, double flops, row *r) {
   return rc;
 }
 
-typedef struct gemm_ctx {
-  int n;
-  float *a, *b, *c;
-} gemm_ctx;
-
-static void gemm_run(void *c) {
-  gemm_ctx *k = c;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, k->n, k->n, k->n, 1.0f, k->a, k->n, k->b,
-              k->n, 0.0f, k->c, k->n);
-}
-
-/* A product of the gemm path's shapes, on OpenBLAS or oneDNN directly. */
+/* One row-major product C (m, n) = A (m, k) B (k, n), on OpenBLAS or oneDNN directly. */
 typedef struct shape_gemm {
   int m, n, k;
   bool onednn;
@@ -496,13 +485,13 @@ int main(int argc, char **argv) {
   printf("oneDNN %d.%d.%d, cpu isa %d\n", v->major, v->minor, v->patch,
          (int)dnnl_get_effective_cpu_isa());
 
-  gemm_ctx g = {1024, NULL, NULL, NULL};
+  shape_gemm g = {1024, 1024, 1024, false, NULL, NULL, NULL};
   unsigned seed = 3;
   g.a = malloc(sizeof(float) << 20), g.b = malloc(sizeof(float) << 20);
   g.c = malloc(sizeof(float) << 20);
   fill(g.a, 1 << 20, &seed), fill(g.b, 1 << 20, &seed);
   printf("cblas_sgemm 1024x1024x1024, one core:\n");
-  report("sgemm", time_call(gemm_run, &g), 2.0 * 1024 * 1024 * 1024);
+  report("sgemm", time_call(shape_gemm_run, &g), 2.0 * 1024 * 1024 * 1024);
   free(g.a), free(g.b), free(g.c);
   bench_shape_gemms();
 
