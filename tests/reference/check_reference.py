@@ -28,18 +28,10 @@ from onnx import numpy_helper
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_reference  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from checks import check, summary  # noqa: E402
+
 TOL = 1e-4
-passed = 0
-failed = 0
-
-
-def check(ok, what):
-    global passed, failed
-    if ok:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL: {what}")
 
 
 def rel_err(ours, ref):
@@ -153,8 +145,7 @@ def main():
         for seed, (name, cls) in enumerate(make_reference.NETS.items()):
             meta = make_reference.make(work, name, cls, seed + 1)
             check_net(partime, work, name, meta)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":

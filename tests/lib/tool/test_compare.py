@@ -13,16 +13,8 @@ import subprocess
 import sys
 import tempfile
 
-passed = failed = 0
-
-
-def check(ok, what):
-    global passed, failed
-    if ok:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL: {what}")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from checks import check, summary  # noqa: E402
 
 
 def main():
@@ -36,7 +28,7 @@ def main():
         text = r.stdout + r.stderr
         check(r.returncode == 0, f"{' '.join(cmd)} exited {r.returncode}:\n{text[-3000:]}")
         if r.returncode != 0:
-            return 1
+            return summary()
         with open(out_csv, newline="") as f:
             rows = list(csv.DictReader(f))
 
@@ -79,8 +71,7 @@ def main():
           "element rows, or a line saying why it was skipped")
     for x in el_rows:
         check(float(x["fps"]) > 0 and float(x["vs_tool"]) > 0, f"element row: {x}")
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":

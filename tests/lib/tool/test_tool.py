@@ -17,20 +17,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-passed = 0
-failed = 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from checks import check, summary  # noqa: E402
+
 PARTIME = None
 TMP = None
-
-
-def check(ok, what):
-    global passed, failed
-    if ok:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL: {what}", flush=True)
-    return ok
 
 
 def tool(*args, timeout=300):
@@ -435,8 +426,7 @@ def main():
         test_training(models)
         test_stages(models)
         test_bench_balance()
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":
