@@ -8,9 +8,9 @@ batch-1 speed on small networks varies several-fold from one process to the next
 element's runs are summarised by their median with min and max. The runs go in rounds, each
 contender once per round, so that ratios can also be taken between runs made side by side. Each
 round also times two independent one-stage partime streams at once, one per core: the most the
-two cores give together, which the two-stage pipeline is held against. The table gives frames/s, latency,
-GFLOP/s and the share of this machine's one-core sgemm rate (measured at the start) that each
-configuration reaches on the cores it uses; a goals block closes the report.
+two cores give together, which the two-stage pipeline is held against. The table gives frames/s,
+latency, GFLOP/s and the share of this machine's one-core sgemm rate (measured at the start) that
+each configuration reaches on the cores it uses; a goals block closes the report.
 
 usage: compare.py [--build DIR] [--models small,large,residual] [--frames N] [--runs R] [--quick]
                   [--csv PATH] [--plot PATH] [--no-install]
@@ -742,7 +742,10 @@ def main():
     subprocess.run([sys.executable, os.path.join(HERE, "make_models.py"), tmp], check=True,
                    capture_output=True)
     rows = []
-    per_run = {}  # (model, mode, 2) or (model, mode, "element", stages): each run's own ratio
+    # Each round's own ratios: (model, mode, 2) two stages over one; (model, mode, "ceiling") the
+    # independent streams over one stage; (model, mode, "of ceiling") two stages over them;
+    # (model, mode, "vs", peer) partime over a peer; (model, mode, "element", stages).
+    per_run = {}
 
     def add(model, mode, contender, par, fps_list, gflop, latency=None, best=False, devices="",
             vs_tool=None, vs_one=None):
