@@ -396,6 +396,8 @@ static int bench_pt(const pt_conv_params *p, bool t, double flops, row *r) {
   if (k.plan) {
     r->rule_fwd = timed("executor's plan: forward", plan_fwd, &k, flops);
     plan_fwd(&k);
+    timed("executor's plan: backward data", plan_bwd_data, &k, flops);
+    timed("executor's plan: backward weights+bias", plan_bwd_weights, &k, flops);
     r->rule_bwd = timed("executor's plan: backward all", plan_bwd_all, &k, 2 * flops);
     pt_dnnl_conv_plan_free(k.plan);
   } else {

@@ -85,8 +85,11 @@ struct pt_dnnl_conv {
   bool bias_outside;   /* the bias is added and its gradient summed here, not by oneDNN */
   bool relu;           /* forward writes relu(conv) (PT_DNNL_RELU) */
   bool winograd;       /* PT_DNNL_WINOGRAD */
-  pt_wino5 *w5;        /* an inference plan whose forward runs cpu/wino5.c (oneDNN has no 5x5
-                        * Winograd); it then holds nothing of oneDNN's */
+  pt_wino5 *w5;        /* the forward on cpu/wino5.c (oneDNN has no 5x5 Winograd) */
+  pt_wino5 *w5d;       /* the input gradient on cpu/wino5.c */
+  pt_wino5 *w5w;       /* the weights' gradient on cpu/wino5.c (the bias's is a sum here) */
+  unsigned wino_ops;   /* the PT_DNNL_* computations those two run; the plan's oneDNN part is
+                        * built for the others (none: the plan holds nothing of oneDNN's) */
   float *gemm_scratch; /* conv.c's scratch, for the computations it runs */
   dnnl_engine_t eng;
   dnnl_stream_t strm;
@@ -487,7 +490,7 @@ static int plan_build(pt_dnnl_conv *c, bool jit_only, pt_error *err) {
 
   /* conv.c's scratch, when it runs any of the computations the plan is for */
   const unsigned needed = c->train ? (unsigned)PT_DNNL_ALL : (unsigned)PT_DNNL_FORWARD;
-  if (needed & ~c->ops) {
+  if (needed & ~(c->ops | c->wino_ops)) {
     int64_t n = c->transpose ? pt_conv_transpose2d_scratch(p) : pt_conv2d_scratch(p);
     if (!(c->gemm_scratch = aligned_alloc(64, ((size_t)n * sizeof(float) + 63) / 64 * 64 + 64)))
       return pt_error_set(err, PT_ERR_NOMEM, "out of memory for convolution scratch"), -1;
@@ -516,31 +519,46 @@ pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, 
   c->ops = ops & PT_DNNL_ALL;
   c->relu = (ops & PT_DNNL_RELU) != 0;
   c->winograd = (ops & PT_DNNL_WINOGRAD) && !transpose;
-  if (!train && c->winograd && (c->ops & PT_DNNL_FORWARD) && pt_wino5_fits(p)) {
-    if (!(c->w5 = pt_wino5_create(p, c->relu, err))) {
-      free(c);
-      return NULL;
-    }
-    c->ops = PT_DNNL_FORWARD;
+  /* 5x5 stride-1 layers on cpu/wino5.c; oneDNN keeps what it does not take (an input gradient
+   * of other than a multiple of 16 channels) */
+  if (c->winograd && (c->ops & PT_DNNL_FORWARD) && pt_wino5_fits(p)) {
+    if (!(c->w5 = pt_wino5_create(p, c->relu, err))) goto fail;
+    c->wino_ops |= PT_DNNL_FORWARD;
     snprintf(c->impl, sizeof c->impl, "wino5:F(2x2,5x5)");
-    return c;
   }
-  /* oneDNN's deconvolution adds the bias, and sums its gradient, in a slow generic loop (0.1 ms
-   * on a 16x32x32 output, more than the deconvolution itself) */
-  c->bias_outside = transpose;
-  int prev = one_thread_enter();
-  int rc = plan_build(c, (ops & PT_DNNL_JIT_ONLY) != 0, err);
-  one_thread_leave(prev);
-  if (rc) {
-    pt_dnnl_conv_plan_free(c);
-    return NULL;
+  if (c->winograd && (c->ops & PT_DNNL_BACKWARD_DATA) && pt_wino5_backward_data_fits(p)) {
+    if (!(c->w5d = pt_wino5_create_backward_data(p, err))) goto fail;
+    c->wino_ops |= PT_DNNL_BACKWARD_DATA;
   }
+  if (c->winograd && (c->ops & PT_DNNL_BACKWARD_WEIGHTS) && pt_wino5_fits(p)) {
+    if (!(c->w5w = pt_wino5_create_backward_weights(p, err))) goto fail;
+    c->wino_ops |= PT_DNNL_BACKWARD_WEIGHTS;
+  }
+  c->ops &= ~c->wino_ops;
+  if (c->ops) {
+    /* oneDNN's deconvolution adds the bias, and sums its gradient, in a slow generic loop (0.1
+     * ms on a 16x32x32 output, more than the deconvolution itself) */
+    c->bias_outside = transpose;
+    char impl[sizeof c->impl];
+    memcpy(impl, c->impl, sizeof impl);
+    int prev = one_thread_enter();
+    int rc = plan_build(c, (ops & PT_DNNL_JIT_ONLY) != 0, err);
+    one_thread_leave(prev);
+    if (rc) goto fail;
+    if (c->w5) memcpy(c->impl, impl, sizeof impl);
+  }
+  c->ops |= c->wino_ops;
   return c;
+fail:
+  pt_dnnl_conv_plan_free(c);
+  return NULL;
 }
 
 void pt_dnnl_conv_plan_free(pt_dnnl_conv *c) {
   if (!c) return;
   pt_wino5_free(c->w5);
+  pt_wino5_free(c->w5d);
+  pt_wino5_free(c->w5w);
   for (int i = 0; i < c->n_prims; i++) dnnl_primitive_destroy(c->prims[i]);
   for (int i = 0; i < c->n_mems; i++) dnnl_memory_destroy(c->mems[i]);
   if (c->strm) dnnl_stream_destroy(c->strm);
@@ -695,6 +713,7 @@ void pt_dnnl_conv_forward(pt_dnnl_conv *c, float *out, const float *in, const fl
   const int64_t n_out = (int64_t)p->N * p->OC * p->OH * p->OW;
   c->out_finite = false;
   if (c->w5) {
+    if (c->train) pt_wino5_weights_changed(c->w5); /* an optimizer step changes them in place */
     pt_wino5_forward(c->w5, out, in, w, b);
     return;
   }
@@ -766,9 +785,17 @@ void pt_dnnl_conv_backward(pt_dnnl_conv *c, float *din, float *dw, float *db, co
   if (!c->train) return;
   const pt_conv_params *p = &c->p;
   if (!p->has_bias) db = NULL;
-  const bool dnnl_d = din && (c->ops & PT_DNNL_BACKWARD_DATA);
-  const bool dnnl_w = c->ops & PT_DNNL_BACKWARD_WEIGHTS;
-  float *gd = dnnl_d ? NULL : din, *gw = dnnl_w ? NULL : dw, *gb = dnnl_w ? NULL : db;
+  const bool wino_d = din && c->w5d, wino_w = c->w5w != NULL;
+  const bool dnnl_d = din && !c->w5d && (c->ops & PT_DNNL_BACKWARD_DATA);
+  const bool dnnl_w = !wino_w && (c->ops & PT_DNNL_BACKWARD_WEIGHTS);
+  float *gd = dnnl_d || wino_d ? NULL : din, *gw = dnnl_w || wino_w ? NULL : dw,
+        *gb = dnnl_w || wino_w ? NULL : db;
+  if (wino_d) {
+    pt_wino5_weights_changed(c->w5d);
+    pt_wino5_backward_data(c->w5d, din, dout, w);
+  }
+  if (wino_w && dw) pt_wino5_backward_weights(c->w5w, dw, dout, in);
+  if (wino_w && db) bias_grad(db, dout, p);
   if (gd || gw || gb) {
     if (c->transpose)
       pt_conv_transpose2d_backward(gd, gw, gb, dout, in, w, p, c->gemm_scratch);

@@ -41,32 +41,45 @@ typedef float v16 __attribute__((vector_size(64)));
 enum { TILE_BLOCK = 16 };
 
 struct pt_wino5 {
-  pt_conv_params p;
+  pt_conv_params p; /* the convolution this kernel computes (for backward data, the reversed one) */
   bool relu;
-  int TH, TW, TWp;   /* rows and columns of tiles; columns rounded up to TILE_BLOCK */
-  int half;          /* floats per even or odd half of a padded input row: TWp + 2 */
-  float *U;          /* [36][OC][C] */
+  bool flip;       /* backward data: the weights are the layer's (p.C, p.OC, 5, 5), read transposed
+                    * and turned by 180 degrees */
+  bool accumulate; /* outputs are added into, not written */
+  bool wgrad;      /* backward weights: V, rows, and the three below; no U or M */
+  float *dyt;      /* dout of the current image, pixel-major: [OH OW][OC] */
+  float *Z;        /* the tile row's transformed dout: [36][TWp][OC] */
+  float *S;        /* the sums over tiles of V times Z: [36][C][OC] */
+  int TH, TW, TWp; /* rows and columns of tiles; columns rounded up to TILE_BLOCK */
+  int half;        /* floats per even or odd half of a padded input row: TWp + 2 */
+  float *U;        /* [36][OC][C] */
   const float *u_of; /* the weights U was made from; NULL when stale */
   float *V;          /* [36][C][TWp] */
   float *M;          /* [36][OC][TWp] */
   float *rows;       /* per channel, the input rows of the current tile row, split in even and
                       * odd columns: [C][6 (input row mod 6)][2][half] */
+  float *padded;     /* one padded input row, being split: [2 half] */
+  /* floats from one of the 36 planes of U, V, M, Z or S to the next: the plane's size and 16
+   * more, so that the same place in the 36 planes (36 stores of one tile) falls in different sets
+   * of the cache (planes of 4 KB apart would all share one set) */
+  size_t u_es, v_es, m_es, z_es, s_es;
 };
 
 typedef int v16i __attribute__((vector_size(64)));
 
-/* The lanes of a and b interleaved: a0 b0 a1 b1 ... (the low half) and a8 b8 ... (the high). */
+/* A vector of lanes picked from a and b (lanes 0-15 of a, 16-31 of b). */
 #ifdef __clang__
-#define INTERLEAVE_LO(a, b)                                                                        \
-  __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23)
-#define INTERLEAVE_HI(a, b)                                                                        \
-  __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31)
+#define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 #else
-#define INTERLEAVE_LO(a, b)                                                                        \
-  __builtin_shuffle(a, b, (v16i){0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23})
-#define INTERLEAVE_HI(a, b)                                                                        \
-  __builtin_shuffle(a, b, (v16i){8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31})
+#define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (v16i){__VA_ARGS__})
 #endif
+/* The lanes of a and b interleaved: a0 b0 a1 b1 ... (the low half) and a8 b8 ... (the high). */
+#define INTERLEAVE_LO(a, b) SHUFFLE(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23)
+#define INTERLEAVE_HI(a, b)                                                                        \
+  SHUFFLE(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31)
+/* The even and odd lanes of 32 floats a b: a0 a2 ... b14, and a1 a3 ... b15. */
+#define EVENS(a, b) SHUFFLE(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+#define ODDS(a, b) SHUFFLE(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)
 
 /* Unaligned 16-float loads and stores (macros: a function passing v16 by value would change the
  * ABI between the clones) */
@@ -94,29 +107,93 @@ static void *alloc64(size_t floats) {
   return q;
 }
 
-pt_wino5 *pt_wino5_create(const pt_conv_params *p, bool relu, pt_error *err) {
-  if (!pt_wino5_fits(p)) {
-    pt_error_set(err, PT_ERR_UNSUPPORTED, "Winograd F(2x2, 5x5): not a shape it takes");
-    return NULL;
-  }
+/* The convolution whose output is the input gradient of layer p: dout (p.OC channels, OH x OW)
+ * convolved with p's weights transposed and turned, padded by 4 minus p's pads, gives (p.C, H, W).
+ */
+static pt_conv_params reversed(const pt_conv_params *p) {
+  pt_conv_params q = *p;
+  q.C = p->OC, q.H = p->OH, q.W = p->OW;
+  q.OC = p->C, q.OH = p->H, q.OW = p->W;
+  q.PT = 4 - p->PT, q.PL = 4 - p->PL, q.PB = 4 - p->PB, q.PR = 4 - p->PR;
+  q.has_bias = false;
+  return q;
+}
+
+bool pt_wino5_backward_data_fits(const pt_conv_params *p) {
+  if (!pt_wino5_fits(p)) return false;
+  const int pads[4] = {p->PT, p->PL, p->PB, p->PR};
+  for (int i = 0; i < 4; i++)
+    if (pads[i] < 0 || pads[i] > 4) return false;
+  const pt_conv_params q = reversed(p);
+  return pt_wino5_fits(&q);
+}
+
+static size_t plane_stride(size_t floats) {
+  return (floats + 15) / 16 * 16 + 16;
+}
+
+static pt_wino5 *make(const pt_conv_params *p, bool relu, bool flip, bool wgrad, pt_error *err) {
   pt_wino5 *w = calloc(1, sizeof *w);
   if (!w) goto nomem;
   w->p = *p;
   w->relu = relu;
+  w->flip = w->accumulate = flip;
+  w->wgrad = wgrad;
   w->TH = (p->OH + 1) / 2;
   w->TW = (p->OW + 1) / 2;
   w->TWp = (w->TW + TILE_BLOCK - 1) / TILE_BLOCK * TILE_BLOCK;
   w->half = w->TWp + 2;
-  w->U = alloc64((size_t)36 * p->C * p->OC);
-  w->V = alloc64((size_t)36 * p->C * w->TWp);
-  w->M = alloc64((size_t)36 * w->TWp * p->OC);
+  w->u_es = plane_stride((size_t)p->OC * p->C);
+  w->v_es = plane_stride((size_t)p->C * w->TWp);
+  w->m_es = plane_stride((size_t)p->OC * w->TWp);
+  w->z_es = plane_stride((size_t)w->TWp * p->OC);
+  w->s_es = plane_stride((size_t)p->C * p->OC);
+  w->V = alloc64(36 * w->v_es);
   w->rows = alloc64((size_t)p->C * 6 * 2 * w->half);
-  if (!w->U || !w->V || !w->M || !w->rows) goto nomem;
+  w->padded = alloc64((size_t)2 * w->half);
+  if (!w->V || !w->rows || !w->padded) goto nomem;
+  if (wgrad) {
+    w->dyt = alloc64((size_t)p->OH * p->OW * p->OC);
+    w->Z = alloc64(36 * w->z_es);
+    w->S = alloc64(36 * w->s_es);
+    if (!w->dyt || !w->Z || !w->S) goto nomem;
+  } else {
+    w->U = alloc64(36 * w->u_es);
+    w->M = alloc64(36 * w->m_es);
+    if (!w->U || !w->M) goto nomem;
+  }
   return w;
 nomem:
   pt_wino5_free(w);
   pt_error_set(err, PT_ERR_NOMEM, "Winograd F(2x2, 5x5): out of memory");
   return NULL;
+}
+
+pt_wino5 *pt_wino5_create(const pt_conv_params *p, bool relu, pt_error *err) {
+  if (!pt_wino5_fits(p)) {
+    pt_error_set(err, PT_ERR_UNSUPPORTED, "Winograd F(2x2, 5x5): not a shape it takes");
+    return NULL;
+  }
+  return make(p, relu, false, false, err);
+}
+
+pt_wino5 *pt_wino5_create_backward_data(const pt_conv_params *p, pt_error *err) {
+  if (!pt_wino5_backward_data_fits(p)) {
+    pt_error_set(err, PT_ERR_UNSUPPORTED,
+                 "Winograd F(2x2, 5x5): no input gradient for this shape (input channels a "
+                 "multiple of 16, pads 0 to 4)");
+    return NULL;
+  }
+  const pt_conv_params q = reversed(p);
+  return make(&q, false, true, false, err);
+}
+
+pt_wino5 *pt_wino5_create_backward_weights(const pt_conv_params *p, pt_error *err) {
+  if (!pt_wino5_fits(p)) {
+    pt_error_set(err, PT_ERR_UNSUPPORTED, "Winograd F(2x2, 5x5): not a shape it takes");
+    return NULL;
+  }
+  return make(p, false, false, true, err);
 }
 
 void pt_wino5_free(pt_wino5 *w) {
@@ -125,6 +202,10 @@ void pt_wino5_free(pt_wino5 *w) {
   free(w->V);
   free(w->M);
   free(w->rows);
+  free(w->padded);
+  free(w->dyt);
+  free(w->Z);
+  free(w->S);
   free(w);
 }
 
@@ -132,31 +213,61 @@ void pt_wino5_weights_changed(pt_wino5 *w) {
   w->u_of = NULL;
 }
 
-/* U = G g G^T for every (output, input) channel pair, in double. */
-static void transform_weights(pt_wino5 *w, const float *wt) {
-  static const double G[6][5] = {{1.0 / 4, 0, 0, 0, 0},
-                                 {1.0 / 6, 1.0 / 6, 1.0 / 6, 1.0 / 6, 1.0 / 6},
-                                 {1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6},
-                                 {1.0 / 24, 1.0 / 12, 1.0 / 6, 1.0 / 3, 2.0 / 3},
-                                 {1.0 / 24, -1.0 / 12, 1.0 / 6, -1.0 / 3, 2.0 / 3},
-                                 {0, 0, 0, 0, 1}};
+/* G over five vectors: six. */
+#define G5(d, r)                                                                                   \
+  do {                                                                                             \
+    const v16 e_ = d[0] + d[2] + d[4], o_ = d[1] + d[3];                                           \
+    const v16 e2_ = d[0] * (1.0f / 24) + d[2] * (1.0f / 6) + d[4] * (2.0f / 3),                    \
+              o2_ = d[1] * (1.0f / 12) + d[3] * (1.0f / 3);                                        \
+    r[0] = d[0] * 0.25f;                                                                           \
+    r[1] = (e_ + o_) * (1.0f / 6);                                                                 \
+    r[2] = (e_ - o_) * (1.0f / 6);                                                                 \
+    r[3] = e2_ + o2_;                                                                              \
+    r[4] = e2_ - o2_;                                                                              \
+    r[5] = d[4];                                                                                   \
+  } while (0)
+
+/* U = G g G^T for every (output, input) channel pair, 16 input channels at a time (one per
+ * lane); with `flip`, g is the layer's filter from input channel oc to output channel c, turned
+ * by 180 degrees. */
+PT_CLONES static void transform_weights(pt_wino5 *w, const float *wt) {
   const int C = w->p.C, OC = w->p.OC;
   for (int oc = 0; oc < OC; oc++)
-    for (int c = 0; c < C; c++) {
-      const float *g = wt + ((size_t)oc * C + c) * 25;
-      double t[6][5]; /* G g */
-      for (int a = 0; a < 6; a++)
-        for (int j = 0; j < 5; j++) {
-          double s = 0;
-          for (int i = 0; i < 5; i++) s += G[a][i] * g[i * 5 + j];
-          t[a][j] = s;
+    for (int c0 = 0; c0 < C; c0 += 16) {
+      const int lanes = C - c0 < 16 ? C - c0 : 16;
+      float g[25][16]; /* tap k of the 16 filters */
+      memset(g, 0, sizeof g);
+      for (int l = 0; l < lanes; l++) {
+        const int c = c0 + l;
+        if (w->flip) {
+          const float *f = wt + ((size_t)c * OC + oc) * 25;
+          for (int k = 0; k < 25; k++) g[k][l] = f[24 - k];
+        } else {
+          const float *f = wt + ((size_t)oc * C + c) * 25;
+          for (int k = 0; k < 25; k++) g[k][l] = f[k];
         }
-      for (int a = 0; a < 6; a++)
+      }
+      v16 t[6][5]; /* G g: [row][column] */
+      for (int j = 0; j < 5; j++) {
+        v16 d[5], r[6];
+        for (int i = 0; i < 5; i++) d[i] = LOAD16(g[i * 5 + j]);
+        G5(d, r);
+        for (int a = 0; a < 6; a++) t[a][j] = r[a];
+      }
+      for (int a = 0; a < 6; a++) {
+        v16 r[6];
+        G5(t[a], r);
         for (int b = 0; b < 6; b++) {
-          double s = 0;
-          for (int j = 0; j < 5; j++) s += t[a][j] * G[b][j];
-          w->U[((size_t)(a * 6 + b) * OC + oc) * C + c] = (float)s;
+          float *u = w->U + (a * 6 + b) * w->u_es + (size_t)oc * C + c0;
+          if (lanes == 16) {
+            STORE16(u, r[b]);
+          } else {
+            float tmp[16];
+            STORE16(tmp, r[b]);
+            memcpy(u, tmp, sizeof(float) * (size_t)lanes);
+          }
         }
+      }
     }
   w->u_of = wt;
 }
@@ -172,43 +283,39 @@ static void transform_weights(pt_wino5 *w, const float *wt) {
     r[5] = 4 * d[1] - 5 * d[3] + d[5];                                                             \
   } while (0)
 
-/* Splits input row iy of channel c (zeros outside the image) into the even and odd columns of
- * the padded row, into ring slot iy mod 6. */
 /* Channel c's ring slot for input row iy (its even half, then its odd half). */
 static float *ring_row(const pt_wino5 *w, int c, int iy) {
   return w->rows + ((size_t)c * 6 + (size_t)((iy % 6 + 6) % 6)) * 2 * w->half;
 }
 
-static int floor_div2(int a) {
-  return a >= 0 ? a / 2 : -((1 - a) / 2);
-}
-
-static void split_row(pt_wino5 *w, const float *img, int c, int iy) {
+/* Input row iy of channel c (zeros outside the image), padded (padded[j] = row[j - PL]), split
+ * into its even and odd columns, into ring slot iy mod 6. */
+PT_CLONES static void split_row(pt_wino5 *w, const float *img, int c, int iy) {
   const pt_conv_params *p = &w->p;
-  const int half = w->half, W = p->W, PL = p->PL;
+  const int half = w->half, n = 2 * half;
   float *ev = ring_row(w, c, iy), *od = ev + half;
   if (iy < 0 || iy >= p->H) {
-    memset(ev, 0, sizeof(float) * 2 * half);
+    memset(ev, 0, sizeof(float) * (size_t)n);
     return;
   }
-  const float *src = img + ((size_t)c * p->H + iy) * W;
-  /* ev[i] = src[2i - PL], od[i] = src[2i + 1 - PL] where those are in the row, else 0 */
-  for (int par = 0; par < 2; par++) {
-    float *dst = par ? od : ev;
-    int i0 = floor_div2(PL - par + 1), i1 = floor_div2(W - 1 + PL - par) + 1;
-    if (i0 < 0) i0 = 0;
-    if (i1 > half) i1 = half;
-    if (i1 < i0) i1 = i0;
-    const float *s0 = src + par - PL;
-    for (int i = 0; i < i0; i++) dst[i] = 0.0f;
-    for (int i = i0; i < i1; i++) dst[i] = s0[2 * i];
-    for (int i = i1; i < half; i++) dst[i] = 0.0f;
+  const float *src = img + ((size_t)c * p->H + iy) * p->W;
+  float *pad = w->padded;
+  const int lead = p->PL < n ? p->PL : n, count = p->W < n - lead ? p->W : n - lead;
+  memset(pad, 0, sizeof(float) * (size_t)lead);
+  memcpy(pad + lead, src, sizeof(float) * (size_t)count);
+  memset(pad + lead + count, 0, sizeof(float) * (size_t)(n - lead - count));
+  int i = 0;
+  for (; 2 * i + 32 <= n; i += 16) {
+    const v16 a = LOAD16(pad + 2 * i), b = LOAD16(pad + 2 * i + 16);
+    STORE16(ev + i, EVENS(a, b));
+    STORE16(od + i, ODDS(a, b));
   }
+  for (; i < half; i++) ev[i] = pad[2 * i], od[i] = pad[2 * i + 1];
 }
 
 /* One tile row of one channel: V[.][c][.] for every tile of row th, from the ring's rows. */
 PT_CLONES static void transform_input(pt_wino5 *w, int c, int th) {
-  const int TWp = w->TWp, half = w->half, C = w->p.C;
+  const int TWp = w->TWp, half = w->half;
   const float *row[6];
   for (int y = 0; y < 6; y++) {
     const int iy = 2 * th + y - w->p.PT;
@@ -225,8 +332,35 @@ PT_CLONES static void transform_input(pt_wino5 *w, int c, int th) {
     for (int a = 0; a < 6; a++) {
       v16 r[6];
       BT6(tmp[a], r);
-      for (int b = 0; b < 6; b++) STORE16(w->V + ((size_t)(a * 6 + b) * C + c) * TWp + t0, r[b]);
+      for (int b = 0; b < 6; b++)
+        STORE16(w->V + (a * 6 + b) * w->v_es + (size_t)c * TWp + t0, r[b]);
     }
+  }
+}
+
+/* The products' register blocks: acc (8 rows by 32 or 16 columns) = a (8 x K, rows lda apart)
+ * times b (K x 32 or 16, rows ldb apart). Inlined into each clone. */
+#define BLOCK_INLINE static inline __attribute__((always_inline))
+
+BLOCK_INLINE void block_8x32(v16 acc[8][2], const float *a, size_t lda, const float *b, size_t ldb,
+                             int K) {
+  memset(acc, 0, sizeof(v16) * 16);
+  for (int k = 0; k < K; k++) {
+    const v16 b0 = LOAD16(b + (size_t)k * ldb), b1 = LOAD16(b + (size_t)k * ldb + 16);
+    for (int i = 0; i < 8; i++) {
+      const float x = a[(size_t)i * lda + k];
+      acc[i][0] += x * b0;
+      acc[i][1] += x * b1;
+    }
+  }
+}
+
+BLOCK_INLINE void block_8x16(v16 acc[8], const float *a, size_t lda, const float *b, size_t ldb,
+                             int K) {
+  memset(acc, 0, sizeof(v16) * 8);
+  for (int k = 0; k < K; k++) {
+    const v16 b0 = LOAD16(b + (size_t)k * ldb);
+    for (int i = 0; i < 8; i++) acc[i] += a[(size_t)i * lda + k] * b0;
   }
 }
 
@@ -235,22 +369,13 @@ PT_CLONES static void transform_input(pt_wino5 *w, int c, int th) {
 PT_CLONES static void multiply(pt_wino5 *w) {
   const int C = w->p.C, OC = w->p.OC, TWp = w->TWp;
   for (int e = 0; e < 36; e++) {
-    const float *U = w->U + (size_t)e * OC * C, *V = w->V + (size_t)e * C * TWp;
-    float *M = w->M + (size_t)e * OC * TWp;
+    const float *U = w->U + e * w->u_es, *V = w->V + e * w->v_es;
+    float *M = w->M + e * w->m_es;
     for (int oc0 = 0; oc0 < OC; oc0 += 8) {
       int t0 = 0;
       for (; t0 + 32 <= TWp; t0 += 32) {
         v16 acc[8][2];
-        memset(acc, 0, sizeof acc);
-        for (int c = 0; c < C; c++) {
-          const v16 v0 = LOAD16(V + (size_t)c * TWp + t0),
-                    v1 = LOAD16(V + (size_t)c * TWp + t0 + 16);
-          for (int i = 0; i < 8; i++) {
-            const float u = U[(size_t)(oc0 + i) * C + c];
-            acc[i][0] += u * v0;
-            acc[i][1] += u * v1;
-          }
-        }
+        block_8x32(acc, U + (size_t)oc0 * C, C, V + t0, TWp, C);
         for (int i = 0; i < 8; i++) {
           STORE16(M + (size_t)(oc0 + i) * TWp + t0, acc[i][0]);
           STORE16(M + (size_t)(oc0 + i) * TWp + t0 + 16, acc[i][1]);
@@ -258,11 +383,7 @@ PT_CLONES static void multiply(pt_wino5 *w) {
       }
       for (; t0 < TWp; t0 += 16) {
         v16 acc[8];
-        memset(acc, 0, sizeof acc);
-        for (int c = 0; c < C; c++) {
-          const v16 v0 = LOAD16(V + (size_t)c * TWp + t0);
-          for (int i = 0; i < 8; i++) acc[i] += U[(size_t)(oc0 + i) * C + c] * v0;
-        }
+        block_8x16(acc, U + (size_t)oc0 * C, C, V + t0, TWp, C);
         for (int i = 0; i < 8; i++) STORE16(M + (size_t)(oc0 + i) * TWp + t0, acc[i]);
       }
     }
@@ -288,7 +409,7 @@ PT_CLONES static void transform_output(pt_wino5 *w, float *img, const float *b, 
       for (int k = 0; k < 6; k++) {
         v16 m[6], r[2];
         for (int a = 0; a < 6; a++)
-          m[a] = LOAD16(w->M + ((size_t)(a * 6 + k) * OC + oc) * TWp + t0);
+          m[a] = LOAD16(w->M + (a * 6 + k) * w->m_es + (size_t)oc * TWp + t0);
         AT6(m, r);
         tmp[0][k] = r[0];
         tmp[1][k] = r[1];
@@ -304,12 +425,18 @@ PT_CLONES static void transform_output(pt_wino5 *w, float *img, const float *b, 
         }
         float *dst = img + ((size_t)oc * p->OH + oy) * p->OW + 2 * t0;
         const int n = p->OW - 2 * t0; /* outputs left in the row */
-        const v16 lo = INTERLEAVE_LO(r[0], r[1]), hi = INTERLEAVE_HI(r[0], r[1]);
+        v16 lo = INTERLEAVE_LO(r[0], r[1]), hi = INTERLEAVE_HI(r[0], r[1]);
         if (n >= 32) {
+          if (w->accumulate) lo += LOAD16(dst), hi += LOAD16(dst + 16);
           STORE16(dst, lo);
           STORE16(dst + 16, hi);
         } else {
           float tile[32];
+          if (w->accumulate) {
+            memcpy(tile, dst, sizeof(float) * (size_t)n);
+            memset(tile + n, 0, sizeof(float) * (size_t)(32 - n));
+            lo += LOAD16(tile), hi += LOAD16(tile + 16);
+          }
           STORE16(tile, lo);
           STORE16(tile + 16, hi);
           memcpy(dst, tile, sizeof(float) * (size_t)n);
@@ -319,7 +446,179 @@ PT_CLONES static void transform_output(pt_wino5 *w, float *img, const float *b, 
   }
 }
 
-void pt_wino5_forward(pt_wino5 *w, float *out, const float *in, const float *wt, const float *b) {
+/* ---- the weights' gradient ----
+ *
+ * Y = A^T [U . V] A is linear in the filter g (U = G g G^T), so for an output gradient dY the
+ * filter's gradient is G^T [V . (A dY A^T)] G, summed over the tiles: per element e of the 6x6
+ * domain, S[e] (C x OC) is the sum over tiles of V[e] (C x tiles) times Z[e]^T (tiles x OC),
+ * Z = A dY A^T being each 2x2 block of dY taken to 6x6. The products run 8 input channels by 32
+ * output channels in registers, one tile at a time, with Z pixel-major (output channels
+ * consecutive), for which the 2 dout rows of a tile row are first copied channel-minor. */
+
+/* A over two vectors: six. */
+#define A2(y0, y1, r)                                                                              \
+  do {                                                                                             \
+    r[0] = y0;                                                                                     \
+    r[1] = y0 + y1;                                                                                \
+    r[2] = y0 - y1;                                                                                \
+    r[3] = y0 + 2 * y1;                                                                            \
+    r[4] = y0 - 2 * y1;                                                                            \
+    r[5] = y1;                                                                                     \
+  } while (0)
+
+/* G^T over six vectors: five. */
+#define GT6(m, r)                                                                                  \
+  do {                                                                                             \
+    const v16 p_ = (m[1] + m[2]) * (1.0f / 6), q_ = (m[1] - m[2]) * (1.0f / 6);                    \
+    const v16 s_ = m[3] + m[4], d_ = m[3] - m[4];                                                  \
+    r[0] = m[0] * 0.25f + p_ + s_ * (1.0f / 24);                                                   \
+    r[1] = q_ + d_ * (1.0f / 12);                                                                  \
+    r[2] = p_ + s_ * (1.0f / 6);                                                                   \
+    r[3] = q_ + d_ * (1.0f / 3);                                                                   \
+    r[4] = p_ + s_ * (2.0f / 3) + m[5];                                                            \
+  } while (0)
+
+/* The 16 x 16 matrix whose rows are r[0..15] transposed in place: four rounds of interleaving
+ * row i with row i + 8. */
+#define TRANSPOSE16(r)                                                                             \
+  do {                                                                                             \
+    for (int round_ = 0; round_ < 4; round_++) {                                                   \
+      v16 t_[16];                                                                                  \
+      for (int i_ = 0; i_ < 8; i_++) {                                                             \
+        t_[2 * i_] = INTERLEAVE_LO(r[i_], r[i_ + 8]);                                              \
+        t_[2 * i_ + 1] = INTERLEAVE_HI(r[i_], r[i_ + 8]);                                          \
+      }                                                                                            \
+      memcpy(r, t_, sizeof t_);                                                                    \
+    }                                                                                              \
+  } while (0)
+
+/* dyt = dy (OC, P) transposed to (P, OC), in 16 x 16 blocks (OC is a multiple of 16). */
+PT_CLONES static void to_pixel_major(float *dyt, const float *dy, int OC, int P) {
+  int p0 = 0;
+  for (; p0 + 16 <= P; p0 += 16)
+    for (int oc0 = 0; oc0 < OC; oc0 += 16) {
+      v16 r[16];
+      for (int i = 0; i < 16; i++) r[i] = LOAD16(dy + (size_t)(oc0 + i) * P + p0);
+      TRANSPOSE16(r);
+      for (int i = 0; i < 16; i++) STORE16(dyt + (size_t)(p0 + i) * OC + oc0, r[i]);
+    }
+  for (; p0 < P; p0++)
+    for (int oc = 0; oc < OC; oc++) dyt[(size_t)p0 * OC + oc] = dy[(size_t)oc * P + p0];
+}
+
+/* Z for tile row th, from dyt: zeros outside the image. */
+PT_CLONES static void transform_dout(pt_wino5 *w, int th) {
+  const pt_conv_params *p = &w->p;
+  const int OC = p->OC;
+  for (int t = 0; t < w->TW; t++)
+    for (int oc0 = 0; oc0 < OC; oc0 += 16) {
+      v16 y[2][2]; /* [row i][column j] */
+      for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++) {
+          const int oy = 2 * th + i, ox = 2 * t + j;
+          y[i][j] = oy < p->OH && ox < p->OW ? LOAD16(w->dyt + ((size_t)oy * p->OW + ox) * OC + oc0)
+                                             : (v16){0};
+        }
+      v16 s[6][2]; /* A dY: [row a][column j] */
+      for (int j = 0; j < 2; j++) {
+        v16 r[6];
+        A2(y[0][j], y[1][j], r);
+        for (int a = 0; a < 6; a++) s[a][j] = r[a];
+      }
+      for (int a = 0; a < 6; a++) {
+        v16 r[6];
+        A2(s[a][0], s[a][1], r);
+        for (int b = 0; b < 6; b++)
+          STORE16(w->Z + (a * 6 + b) * w->z_es + (size_t)t * OC + oc0, r[b]);
+      }
+    }
+}
+
+/* S[e][c][oc] += sum over the row's tiles t of V[e][c][t] Z[e][t][oc]: 8 input channels by 32
+ * (or 16) output channels at a time. The row's sums are added to S after, a sum of two levels
+ * that rounds less than one running sum over the image. */
+PT_CLONES static void accumulate_products(pt_wino5 *w) {
+  const int C = w->p.C, OC = w->p.OC, TW = w->TW, TWp = w->TWp;
+  for (int e = 0; e < 36; e++) {
+    const float *V = w->V + e * w->v_es, *Z = w->Z + e * w->z_es;
+    float *S = w->S + e * w->s_es;
+    int c0 = 0;
+    for (; c0 + 8 <= C; c0 += 8) {
+      int oc0 = 0;
+      for (; oc0 + 32 <= OC; oc0 += 32) {
+        v16 acc[8][2];
+        block_8x32(acc, V + (size_t)c0 * TWp, TWp, Z + oc0, OC, TW);
+        for (int i = 0; i < 8; i++) {
+          float *s0 = S + (size_t)(c0 + i) * OC + oc0;
+          STORE16(s0, LOAD16(s0) + acc[i][0]);
+          STORE16(s0 + 16, LOAD16(s0 + 16) + acc[i][1]);
+        }
+      }
+      for (; oc0 < OC; oc0 += 16) {
+        v16 acc[8];
+        block_8x16(acc, V + (size_t)c0 * TWp, TWp, Z + oc0, OC, TW);
+        for (int i = 0; i < 8; i++) {
+          float *s0 = S + (size_t)(c0 + i) * OC + oc0;
+          STORE16(s0, LOAD16(s0) + acc[i]);
+        }
+      }
+    }
+    for (; c0 < C; c0++) /* the last input channels, one at a time */
+      for (int oc0 = 0; oc0 < OC; oc0 += 16) {
+        v16 acc = {0};
+        for (int t = 0; t < TW; t++)
+          acc += V[(size_t)c0 * TWp + t] * LOAD16(Z + (size_t)t * OC + oc0);
+        STORE16(S + (size_t)c0 * OC + oc0, LOAD16(S + (size_t)c0 * OC + oc0) + acc);
+      }
+  }
+}
+
+/* dw[oc][c] += G^T S[.][c][oc] G, 16 output channels at a time. */
+PT_CLONES static void add_filter_gradients(pt_wino5 *w, float *dw) {
+  const int C = w->p.C, OC = w->p.OC;
+  for (int c = 0; c < C; c++)
+    for (int oc0 = 0; oc0 < OC; oc0 += 16) {
+      v16 t[5][6]; /* G^T S: [row i][column b] */
+      for (int b = 0; b < 6; b++) {
+        v16 m[6], r[5];
+        for (int a = 0; a < 6; a++)
+          m[a] = LOAD16(w->S + (a * 6 + b) * w->s_es + (size_t)c * OC + oc0);
+        GT6(m, r);
+        for (int i = 0; i < 5; i++) t[i][b] = r[i];
+      }
+      float g[25][16];
+      for (int i = 0; i < 5; i++) {
+        v16 r[5];
+        GT6(t[i], r);
+        for (int j = 0; j < 5; j++) STORE16(g[i * 5 + j], r[j]);
+      }
+      for (int l = 0; l < 16; l++) {
+        float *d = dw + ((size_t)(oc0 + l) * C + c) * 25;
+        for (int k = 0; k < 25; k++) d[k] += g[k][l];
+      }
+    }
+}
+
+void pt_wino5_backward_weights(pt_wino5 *w, float *dw, const float *dout, const float *in) {
+  if (!w->wgrad) return;
+  const pt_conv_params *p = &w->p;
+  memset(w->S, 0, sizeof(float) * 36 * w->s_es);
+  for (int n = 0; n < p->N; n++) {
+    const float *img = in + (size_t)n * p->C * p->H * p->W;
+    to_pixel_major(w->dyt, dout + (size_t)n * p->OC * p->OH * p->OW, p->OC, p->OH * p->OW);
+    for (int th = 0; th < w->TH; th++) {
+      for (int c = 0; c < p->C; c++) {
+        for (int y = th ? 4 : 0; y < 6; y++) split_row(w, img, c, 2 * th + y - p->PT);
+        transform_input(w, c, th);
+      }
+      transform_dout(w, th);
+      accumulate_products(w);
+    }
+  }
+  add_filter_gradients(w, dw);
+}
+
+static void run(pt_wino5 *w, float *out, const float *in, const float *wt, const float *b) {
   const pt_conv_params *p = &w->p;
   if (w->u_of != wt) transform_weights(w, wt);
   for (int n = 0; n < p->N; n++) {
@@ -335,4 +634,12 @@ void pt_wino5_forward(pt_wino5 *w, float *out, const float *in, const float *wt,
       transform_output(w, o, b, th);
     }
   }
+}
+
+void pt_wino5_forward(pt_wino5 *w, float *out, const float *in, const float *wt, const float *b) {
+  if (!w->flip && !w->wgrad) run(w, out, in, wt, b);
+}
+
+void pt_wino5_backward_data(pt_wino5 *w, float *din, const float *dout, const float *wt) {
+  if (w->flip) run(w, din, dout, wt, NULL);
 }

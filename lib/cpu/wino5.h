@@ -1,4 +1,5 @@
-/* 5x5 convolutions by Winograd's minimal filtering F(2x2, 5x5), forward only (internal).
+/* 5x5 convolutions by Winograd's minimal filtering F(2x2, 5x5), forward and input gradient
+ * (internal).
  *
  * Each 2x2 block of output ("tile") comes from a 6x6 block of input: Y = A^T [(G g G^T) . (B^T d
  * B)] A (Lavin and Gray, 2016; interpolation points 0, 1, -1, 2, -2 and infinity). Per tile and
@@ -12,7 +13,12 @@
  * AVX2 and the baseline and chosen at run time. Results differ from a direct convolution's by
  * rounding (about 1e-6 of the output's scale); a NaN or Inf in the input spreads over the 2x2
  * output tiles whose 6x6 input block holds it. With `relu`, the output is relu(conv) (NaN passed
- * on). Running allocates nothing. */
+ * on). Running allocates nothing.
+ *
+ * The input gradient of a stride-1 5x5 layer is itself such a convolution: of dout, by the
+ * weights with input and output channels swapped and each 5x5 filter turned by 180 degrees,
+ * padded by 4 minus the layer's pads. A backward-data kernel computes it from the layer's own
+ * weights and adds it into din. */
 #ifndef PT_CPU_WINO5_H
 #define PT_CPU_WINO5_H
 
@@ -26,11 +32,25 @@ typedef struct pt_wino5 pt_wino5;
  * channels a multiple of 16. */
 bool pt_wino5_fits(const pt_conv_params *p);
 
+/* True for layers whose input gradient the kernel takes: pt_wino5_fits, input channels a multiple
+ * of 16, every pad from 0 to 4. */
+bool pt_wino5_backward_data_fits(const pt_conv_params *p);
+
+/* A forward kernel for layer p (with `relu`: writing relu(conv)). */
 pt_wino5 *pt_wino5_create(const pt_conv_params *p, bool relu, pt_error *err);
+/* An input-gradient kernel for layer p (p is the layer's forward shape). */
+pt_wino5 *pt_wino5_create_backward_data(const pt_conv_params *p, pt_error *err);
+/* A weights-gradient kernel for layer p (any shape pt_wino5_fits takes). */
+pt_wino5 *pt_wino5_create_backward_weights(const pt_conv_params *p, pt_error *err);
 void pt_wino5_free(pt_wino5 *w);
 /* The weights handed to the next forward are new, even at the same address. */
 void pt_wino5_weights_changed(pt_wino5 *w);
 /* out (N, OC, OH, OW), in (N, C, H, W), w (OC, C, 5, 5), b (OC) or NULL. */
 void pt_wino5_forward(pt_wino5 *w, float *out, const float *in, const float *wt, const float *b);
+/* din (N, C, H, W) += the input gradient of the layer for dout (N, OC, OH, OW), w (OC, C, 5, 5). */
+void pt_wino5_backward_data(pt_wino5 *w, float *din, const float *dout, const float *wt);
+/* dw (OC, C, 5, 5) += the weights' gradient of the layer for dout and its input in. The bias's
+ * gradient is a plain sum of dout, left to the caller. */
+void pt_wino5_backward_weights(pt_wino5 *w, float *dw, const float *dout, const float *in);
 
 #endif

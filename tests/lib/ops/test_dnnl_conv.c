@@ -345,10 +345,49 @@ static void test_winograd(void) {
     pt_dnnl_conv_plan_free(dir);
   }
 
-  /* 5x5: training plans stay direct (oneDNN has no 5x5 Winograd), inference plans run wino5 */
+  /* 5x5 (which oneDNN has no Winograd for): plans run cpu/wino5.c, training ones all three
+   * computations (checked against conv.c above and against a direct plan here), and with 3 input
+   * channels all but the input gradient, which stays on oneDNN */
   pt_conv_params p5 = layer(1, 32, 40, 32, 5, 1, 1, false);
   check_shape(&p5, false, PT_DNNL_ALL | PT_DNNL_WINOGRAD, true);
+  pt_conv_params p5_rgb = layer(1, 3, 40, 32, 5, 1, 1, false);
+  check_shape(&p5_rgb, false, PT_DNNL_ALL | PT_DNNL_WINOGRAD, true);
   pt_error err;
+  {
+    pt_dnnl_conv *w =
+        pt_dnnl_conv_plan_create(&p5, false, true, PT_DNNL_ALL | PT_DNNL_WINOGRAD, &err);
+    pt_dnnl_conv *dir = pt_dnnl_conv_plan_create(&p5, false, true, PT_DNNL_ALL, &err);
+    CHECK(w && dir && strstr(pt_dnnl_conv_impl(w), "wino5"), "5x5 training plan: %s",
+          w ? pt_dnnl_conv_impl(w) : err.msg);
+    if (w && dir) {
+      const sizes n = sizes_of(&p5, false);
+      float *x = random_f(n.x), *wt = random_f(n.w), *b = random_f(n.b), *dy = random_f(n.y);
+      float *y1 = alloc_f(n.y), *y2 = alloc_f(n.y), *dx1 = alloc_f(n.x), *dx2 = alloc_f(n.x);
+      float *dw1 = alloc_f(n.w), *dw2 = alloc_f(n.w), *db1 = alloc_f(n.b), *db2 = alloc_f(n.b);
+      /* two steps with the weights changed in place between them, as an optimizer does: the
+       * second must use the new ones */
+      for (int step = 0; step < 2; step++) {
+        memset(dx1, 0, sizeof(float) * n.x), memset(dx2, 0, sizeof(float) * n.x);
+        memset(dw1, 0, sizeof(float) * n.w), memset(dw2, 0, sizeof(float) * n.w);
+        memset(db1, 0, sizeof(float) * n.b), memset(db2, 0, sizeof(float) * n.b);
+        pt_dnnl_conv_forward(w, y1, x, wt, b);
+        pt_dnnl_conv_backward(w, dx1, dw1, db1, dy, x, wt);
+        pt_dnnl_conv_forward(dir, y2, x, wt, b);
+        pt_dnnl_conv_backward(dir, dx2, dw2, db2, dy, x, wt);
+        double ey = pt_test_max_err(y1, y2, n.y), ex = pt_test_max_err(dx1, dx2, n.x),
+               ew = pt_test_max_err(dw1, dw2, n.w), eb = pt_test_max_err(db1, db2, n.b);
+        CHECK(ey < 1e-5 && ex < 1e-5 && ew < 3e-5 && eb < 1e-5,
+              "5x5 training, step %d: wino5 against direct: forward %.2g, din %.2g, dw %.2g, "
+              "db %.2g",
+              step, ey, ex, ew, eb);
+        for (int64_t i = 0; i < n.w; i++) wt[i] = 0.5f - wt[i];
+      }
+      float *all[] = {x, wt, b, dy, y1, y2, dx1, dx2, dw1, dw2, db1, db2};
+      for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) free(all[k]);
+    }
+    pt_dnnl_conv_plan_free(w);
+    pt_dnnl_conv_plan_free(dir);
+  }
   pt_dnnl_conv *inf = pt_dnnl_conv_plan_create(&p5, false, false,
                                                PT_DNNL_ALL | PT_DNNL_WINOGRAD | PT_DNNL_RELU, &err);
   pt_dnnl_conv *ref = pt_dnnl_conv_plan_create(&p5, false, false, PT_DNNL_ALL | PT_DNNL_RELU, &err);

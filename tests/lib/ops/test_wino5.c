@@ -1,4 +1,5 @@
-/* Winograd F(2x2, 5x5) (lib/cpu/wino5.c) against the im2col + OpenBLAS convolution of conv.c:
+/* Winograd F(2x2, 5x5) (lib/cpu/wino5.c) against the im2col + OpenBLAS convolution of conv.c,
+ * forward, input gradient and weights' gradient:
  * the benchmark layers, odd image sizes (half tiles at the edges), asymmetric and zero padding,
  * batch 2, one input channel, with and without bias and ReLU; repeated calls bit-identical;
  * weights at another address picked up;
@@ -123,6 +124,63 @@ static void check(const pt_conv_params *p, bool relu) {
   free(ref);
 }
 
+/* The two gradients against conv.c's: each added into base values, repeated calls bit-identical,
+ * weights changed in place picked up at once (a backward-data kernel transforms them per call). */
+static void check_backward(const pt_conv_params *p) {
+  char d[160];
+  snprintf(d, sizeof d, "backward N%d C%d %dx%d -> OC%d %dx%d pad %d,%d,%d,%d", p->N, p->C, p->H,
+           p->W, p->OC, p->OH, p->OW, p->PT, p->PL, p->PB, p->PR);
+  pt_error err;
+  const bool data = pt_wino5_backward_data_fits(p);
+  pt_wino5 *kd = data ? pt_wino5_create_backward_data(p, &err) : NULL;
+  CHECK(!data || kd, "%s: backward data: %s", d, err.msg);
+  pt_wino5 *kw = pt_wino5_create_backward_weights(p, &err);
+  CHECK(kw != NULL, "%s: backward weights: %s", d, err.msg);
+  if (!kw || (data && !kd)) return;
+  const int64_t nx = (int64_t)p->N * p->C * p->H * p->W, nw = (int64_t)p->OC * p->C * 25,
+                ny = (int64_t)p->N * p->OC * p->OH * p->OW;
+  float *x = random_f(nx), *w = random_f(nw), *dy = random_f(ny);
+  float *dx_ref = random_f(nx), *dw_ref = random_f(nw); /* base values, added into */
+  float *dx = malloc(sizeof(float) * nx), *dw = malloc(sizeof(float) * nw);
+  float *dx2 = malloc(sizeof(float) * nx), *dw2 = malloc(sizeof(float) * nw);
+  memcpy(dx, dx_ref, sizeof(float) * nx);
+  memcpy(dw, dw_ref, sizeof(float) * nw);
+  memcpy(dx2, dx_ref, sizeof(float) * nx);
+  memcpy(dw2, dw_ref, sizeof(float) * nw);
+  float *scratch = malloc(sizeof(float) * (size_t)pt_conv2d_scratch(p));
+  pt_conv2d_backward(dx_ref, dw_ref, NULL, dy, x, w, p, scratch);
+  if (kd) {
+    pt_wino5_backward_data(kd, dx, dy, w);
+    double e = pt_test_max_err(dx, dx_ref, nx);
+    CHECK(e < 1e-5, "%s: din error %.3g against conv.c", d, e);
+    pt_wino5_backward_data(kd, dx2, dy, w);
+    CHECK(memcmp(dx, dx2, sizeof(float) * nx) == 0, "%s: din bit-identical when repeated", d);
+  }
+  /* the weights' gradient sums products of transformed values, which are up to 900 times the
+   * inputs' scale (B^T d B up to 100, A dY A^T up to 9), so it rounds more: up to 8e-6 seen */
+  pt_wino5_backward_weights(kw, dw, dy, x);
+  double e = pt_test_max_err(dw, dw_ref, nw);
+  CHECK(e < 3e-5, "%s: dw error %.3g against conv.c", d, e);
+  printf("%s: din error %.2g, dw error %.2g\n", d, kd ? pt_test_max_err(dx, dx_ref, nx) : 0.0, e);
+  pt_wino5_backward_weights(kw, dw2, dy, x);
+  CHECK(memcmp(dw, dw2, sizeof(float) * nw) == 0, "%s: dw bit-identical when repeated", d);
+
+  if (kd) { /* new weights at the same address, not told: din follows them */
+    for (int64_t i = 0; i < nw; i++) w[i] = 0.3f - w[i];
+    memset(dx_ref, 0, sizeof(float) * nx);
+    memset(dx, 0, sizeof(float) * nx);
+    pt_conv2d_backward(dx_ref, NULL, NULL, dy, x, w, p, scratch);
+    pt_wino5_weights_changed(kd);
+    pt_wino5_backward_data(kd, dx, dy, w);
+    e = pt_test_max_err(dx, dx_ref, nx);
+    CHECK(e < 1e-5, "%s: din after new weights: error %.3g", d, e);
+  }
+  pt_wino5_free(kd);
+  pt_wino5_free(kw);
+  float *all[] = {x, w, dy, dx_ref, dw_ref, dx, dw, dx2, dw2, scratch};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+}
+
 int main(void) {
   pt_blas_init();
   const struct {
@@ -138,7 +196,20 @@ int main(void) {
       {shape(1, 20, 40, 21, 64, 0, 0, 0, 0, false), true}, /* no padding, 32 + 32 channels */
       {shape(1, 17, 24, 36, 80, 2, 1, 2, 1, true), false}, /* 32 + 32 + 16 channels */
   };
-  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check(&cases[i].p, cases[i].relu);
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    check(&cases[i].p, cases[i].relu);
+    check_backward(&cases[i].p);
+  }
+  /* input gradients: only with input channels a multiple of 16 and pads of 0 to 4 */
+  const pt_conv_params data_no[] = {shape(1, 3, 64, 64, 32, 2, 2, 2, 2, true),
+                                    shape(1, 16, 20, 20, 16, 5, 2, 2, 2, true)};
+  for (size_t i = 0; i < sizeof data_no / sizeof data_no[0]; i++) {
+    pt_error err;
+    pt_wino5 *k = pt_wino5_create_backward_data(&data_no[i], &err);
+    CHECK(!k && err.code == PT_ERR_UNSUPPORTED, "input gradient %zu (3 channels, pad 5) refused",
+          i);
+    pt_wino5_free(k);
+  }
 
   pt_conv_params no[] = {
       shape(1, 8, 16, 16, 16, 2, 2, 2, 2, true), shape(1, 8, 16, 16, 24, 2, 2, 2, 2, true),
