@@ -88,7 +88,7 @@ struct pt_dnnl_conv {
   pt_wino5 *w5;        /* the forward on cpu/wino5.c (oneDNN has no 5x5 Winograd) */
   pt_wino5 *w5d;       /* the input gradient on cpu/wino5.c */
   pt_wino5 *w5w;       /* the weights' gradient on cpu/wino5.c (the bias's is a sum here) */
-  unsigned wino_ops;   /* the PT_DNNL_* computations those two run; the plan's oneDNN part is
+  unsigned wino_ops;   /* the PT_DNNL_* computations those three run; the plan's oneDNN part is
                         * built for the others (none: the plan holds nothing of oneDNN's) */
   float *gemm_scratch; /* conv.c's scratch, for the computations it runs */
   dnnl_engine_t eng;
@@ -874,9 +874,11 @@ void pt_dnnl_conv_backward(pt_dnnl_conv *plan, float *din, float *dw, float *db,
  * A computation for which oneDNN picks no JIT kernel stays on conv.c (PT_DNNL_JIT_ONLY).
  * Winograd (F(4x4, 3x3)) against direct convolution, both oneDNN's, forward / backward data /
  * backward weights: 1.9 / 1.9 / 1.3x on 32 channels at 64x64, 1.4 / 1.4 / 1.5x at 32x32,
- * 1.7 / 1.8 / 2.6x on 64 channels at 32x32, but 0.8-1.0x on 16 channels or at 16x16. */
+ * 1.7 / 1.8 / 2.6x on 64 channels at 32x32, but 0.8-1.0x on 16 channels or at 16x16.
+ * cpu/wino5.c's F(2x2, 5x5) against oneDNN's direct kernels on 5x5 32->32 at 64x64 (Xeon,
+ * three runs): forward 1.8-2.0x, backward data 1.7-1.9x, backward weights 1.6-1.7x. */
 static bool winograd_suits(const pt_conv_params *p) {
-  if (pt_wino5_fits(p)) /* cpu/wino5.c, for inference */
+  if (pt_wino5_fits(p)) /* cpu/wino5.c */
     return p->C >= 16 && (int64_t)p->OH * p->OW >= 32 * 32;
   return p->G == 1 && p->KH == 3 && p->KW == 3 && p->SH == 1 && p->SW == 1 && p->DH == 1 &&
          p->DW == 1 && p->C % 16 == 0 && p->C >= 32 && p->OC % 16 == 0 && p->OC >= 32 &&

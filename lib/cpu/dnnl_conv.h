@@ -48,11 +48,12 @@ enum {
    * Backward needs nothing new: relu'(x) = [x > 0] = [relu(x) > 0], NaN included. */
   PT_DNNL_RELU = 16,
   /* with the above: the computations run oneDNN's Winograd convolution (F(4x4, 3x3): 3x3, stride
-   * 1) where it has a JIT kernel for them, direct convolution elsewhere; an inference plan of a
-   * 5x5 stride-1 layer runs its forward on cpu/wino5.c (F(2x2, 5x5)) instead, in NCHW. Results differ from the
-   * direct kernels' by rounding (about 1e-6 of the output's scale) and are as reproducible; a NaN
-   * in the input spreads over the whole 4x4 output tiles around it, not only the outputs whose
-   * window holds it. */
+   * 1) where it has a JIT kernel for them, direct convolution elsewhere; a 5x5 stride-1 layer runs
+   * them on cpu/wino5.c (F(2x2, 5x5)) instead, in NCHW: the forward, the weights' gradient, and
+   * the input gradient where wino5 takes it (pt_wino5_backward_data_fits; else oneDNN). Results
+   * differ from the direct kernels' by rounding (about 1e-6 of the output's scale, up to 1e-5 for
+   * the 5x5 weights' gradient) and are as reproducible; a NaN in the input spreads over the whole
+   * 4x4 (2x2) output tiles around it, not only the outputs whose window holds it. */
   PT_DNNL_WINOGRAD = 32,
 };
 
