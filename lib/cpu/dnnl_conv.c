@@ -488,13 +488,6 @@ static int plan_build(pt_dnnl_conv *c, bool jit_only, pt_error *err) {
   if (p->has_bias && !(c->zero_bias = calloc(p->OC, sizeof(float))))
     return pt_error_set(err, PT_ERR_NOMEM, "oneDNN: out of memory"), -1;
 
-  /* conv.c's scratch, when it runs any of the computations the plan is for */
-  const unsigned needed = c->train ? (unsigned)PT_DNNL_ALL : (unsigned)PT_DNNL_FORWARD;
-  if (needed & ~(c->ops | c->wino_ops)) {
-    int64_t n = c->transpose ? pt_conv_transpose2d_scratch(p) : pt_conv2d_scratch(p);
-    if (!(c->gemm_scratch = aligned_alloc(64, ((size_t)n * sizeof(float) + 63) / 64 * 64 + 64)))
-      return pt_error_set(err, PT_ERR_NOMEM, "out of memory for convolution scratch"), -1;
-  }
   return bind_scratchpad(c, err);
 }
 
@@ -548,6 +541,16 @@ pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, 
     if (c->w5) memcpy(c->impl, impl, sizeof impl);
   }
   c->ops |= c->wino_ops;
+  /* conv.c's scratch, when it runs any of the computations the plan is for (also where wino5
+   * runs the others and oneDNN none) */
+  const unsigned needed = train ? (unsigned)PT_DNNL_ALL : (unsigned)PT_DNNL_FORWARD;
+  if (needed & ~c->ops) {
+    int64_t n = transpose ? pt_conv_transpose2d_scratch(p) : pt_conv2d_scratch(p);
+    if (!(c->gemm_scratch = aligned_alloc(64, ((size_t)n * sizeof(float) + 63) / 64 * 64 + 64))) {
+      pt_error_set(err, PT_ERR_NOMEM, "out of memory for convolution scratch");
+      goto fail;
+    }
+  }
   return c;
 fail:
   pt_dnnl_conv_plan_free(c);

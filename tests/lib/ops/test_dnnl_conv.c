@@ -345,6 +345,31 @@ static void test_winograd(void) {
     pt_dnnl_conv_plan_free(dir);
   }
 
+  /* random 5x5 stride-1 layers on cpu/wino5.c: any channel counts in (output channels 16 or 32),
+   * odd sizes down to 1x1, pads 0 to 4 on each side, batch 1 or 2; every subset of computations
+   * (the others on conv.c), each checked in full against conv.c */
+  for (int i = 0; i < 30; i++) {
+    pt_conv_params q = layer(rnd(1, 2), rnd(1, 40), rnd(1, 20), 16 * rnd(1, 2), 5, 1, 1, false);
+    q.W = rnd(1, 20);
+    q.PT = rnd(0, 4), q.PB = rnd(0, 4), q.PL = rnd(0, 4), q.PR = rnd(0, 4);
+    q.has_bias = rnd(0, 1);
+    q.OH = q.H + q.PT + q.PB - 4, q.OW = q.W + q.PL + q.PR - 4;
+    if (q.OH < 1 || q.OW < 1) {
+      i--;
+      continue;
+    }
+    for (unsigned ops = 1; ops <= PT_DNNL_ALL; ops++)
+      check_shape(&q, false, ops | PT_DNNL_WINOGRAD, false);
+  }
+
+  /* the executor's plan for a 5x5 layer of 24 input channels: forward and weights' gradient on
+   * wino5, the input gradient (24 is no multiple of 16) on conv.c, oneDNN none */
+  pt_conv_params p24 = layer(1, 24, 32, 32, 5, 1, 1, false);
+  const unsigned ops24 = pt_dnnl_conv_preferred(&p24, false);
+  CHECK(ops24 == (PT_DNNL_FORWARD | PT_DNNL_BACKWARD_WEIGHTS | PT_DNNL_WINOGRAD),
+        "5x5 24->32: the rule picks forward and weights on Winograd (%u)", ops24);
+  check_shape(&p24, false, ops24 | PT_DNNL_JIT_ONLY, true);
+
   /* 5x5 (which oneDNN has no Winograd for): plans run cpu/wino5.c, training ones all three
    * computations (checked against conv.c above and against a direct plan here), and with 3 input
    * channels all but the input gradient, which stays on oneDNN */
