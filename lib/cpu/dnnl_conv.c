@@ -493,6 +493,28 @@ static int plan_build(pt_dnnl_conv *c, bool jit_only, pt_error *err) {
 
 #undef TRY
 
+/* Destroys everything of oneDNN's that c holds, leaving a plan with no oneDNN part. */
+static void drop_dnnl(pt_dnnl_conv *c) {
+  for (int i = 0; i < c->n_prims; i++) dnnl_primitive_destroy(c->prims[i]);
+  for (int i = 0; i < c->n_mems; i++) dnnl_memory_destroy(c->mems[i]);
+  if (c->strm) dnnl_stream_destroy(c->strm);
+  if (c->eng) dnnl_engine_destroy(c->eng);
+  free(c->scratch);
+  free(c->zero_bias);
+  c->n_prims = c->n_mems = c->n_bufs = 0;
+  c->strm = NULL;
+  c->eng = NULL;
+  c->scratch = NULL;
+  c->zero_bias = NULL;
+  c->bias_outside = false;
+  memset(c->user, 0, sizeof c->user);
+  memset(c->bufs, 0, sizeof c->bufs);
+  memset(&c->fwd, 0, sizeof c->fwd);
+  memset(&c->fwd_relu, 0, sizeof c->fwd_relu);
+  memset(&c->bwd_data, 0, sizeof c->bwd_data);
+  memset(&c->bwd_weights, 0, sizeof c->bwd_weights);
+}
+
 pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, bool train,
                                        unsigned ops, pt_error *err) {
   const unsigned flags = PT_DNNL_JIT_ONLY | PT_DNNL_RELU | PT_DNNL_WINOGRAD;
@@ -512,6 +534,7 @@ pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, 
   c->ops = ops & PT_DNNL_ALL;
   c->relu = (ops & PT_DNNL_RELU) != 0;
   c->winograd = (ops & PT_DNNL_WINOGRAD) && !transpose;
+  snprintf(c->impl, sizeof c->impl, "gemm");
   /* 5x5 stride-1 layers on cpu/wino5.c; oneDNN keeps what it does not take (an input gradient
    * of other than a multiple of 16 channels) */
   if (c->winograd && (c->ops & PT_DNNL_FORWARD) && pt_wino5_fits(p)) {
@@ -537,8 +560,13 @@ pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, 
     int prev = one_thread_enter();
     int rc = plan_build(c, (ops & PT_DNNL_JIT_ONLY) != 0, err);
     one_thread_leave(prev);
-    if (rc) goto fail;
-    if (c->w5) memcpy(c->impl, impl, sizeof impl);
+    if (rc && !c->wino_ops) goto fail;
+    if (rc) { /* no oneDNN kernel for what wino5 left: conv.c runs it */
+      drop_dnnl(c);
+      c->ops = 0;
+      pt_error_clear(err);
+    }
+    if (c->w5 || rc) memcpy(c->impl, impl, sizeof impl);
   }
   c->ops |= c->wino_ops;
   /* conv.c's scratch, when it runs any of the computations the plan is for (also where wino5
@@ -562,12 +590,7 @@ void pt_dnnl_conv_plan_free(pt_dnnl_conv *c) {
   pt_wino5_free(c->w5);
   pt_wino5_free(c->w5d);
   pt_wino5_free(c->w5w);
-  for (int i = 0; i < c->n_prims; i++) dnnl_primitive_destroy(c->prims[i]);
-  for (int i = 0; i < c->n_mems; i++) dnnl_memory_destroy(c->mems[i]);
-  if (c->strm) dnnl_stream_destroy(c->strm);
-  if (c->eng) dnnl_engine_destroy(c->eng);
-  free(c->scratch);
-  free(c->zero_bias);
+  drop_dnnl(c);
   free(c->gemm_scratch);
   free(c);
 }

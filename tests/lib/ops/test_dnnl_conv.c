@@ -362,6 +362,7 @@ static void test_winograd(void) {
       check_shape(&q, false, ops | PT_DNNL_WINOGRAD, false);
   }
 
+  pt_error err;
   /* the executor's plan for a 5x5 layer of 24 input channels: forward and weights' gradient on
    * wino5, the input gradient (24 is no multiple of 16) on conv.c, oneDNN none */
   pt_conv_params p24 = layer(1, 24, 32, 32, 5, 1, 1, false);
@@ -370,6 +371,48 @@ static void test_winograd(void) {
         "5x5 24->32: the rule picks forward and weights on Winograd (%u)", ops24);
   check_shape(&p24, false, ops24 | PT_DNNL_JIT_ONLY, true);
 
+  /* a 5x5 layer with pads of 5, whose input gradient wino5 does not take and oneDNN has no JIT
+   * kernel for: wino5 keeps the forward and the weights' gradient, conv.c the input gradient */
+  {
+    pt_conv_params q = layer(1, 16, 20, 16, 5, 1, 1, false);
+    q.PT = q.PL = q.PB = q.PR = 5;
+    q.OH = q.OW = 20 + 10 - 4;
+    pt_dnnl_conv *w = pt_dnnl_conv_plan_create(
+        &q, false, true, PT_DNNL_ALL | PT_DNNL_WINOGRAD | PT_DNNL_JIT_ONLY, &err);
+    CHECK(w && strstr(pt_dnnl_conv_impl(w), "wino5") &&
+              pt_dnnl_conv_ops(w) == (PT_DNNL_FORWARD | PT_DNNL_BACKWARD_WEIGHTS),
+          "5x5 pads 5: plan %s, ops %u", w ? pt_dnnl_conv_impl(w) : err.msg,
+          w ? pt_dnnl_conv_ops(w) : 0);
+    if (w) {
+      const sizes n = sizes_of(&q, false);
+      float *scratch = alloc_f(pt_conv2d_scratch(&q));
+      float *x = random_f(n.x), *wt = random_f(n.w), *b = random_f(n.b), *dy = random_f(n.y);
+      float *y = alloc_f(n.y), *dx = alloc_f(n.x), *dw = alloc_f(n.w), *db = alloc_f(n.b);
+      float *y_ref = alloc_f(n.y), *dx_ref = alloc_f(n.x), *dw_ref = alloc_f(n.w),
+            *db_ref = alloc_f(n.b);
+      ref_forward(y_ref, x, wt, b, &q, false, scratch);
+      ref_backward(dx_ref, dw_ref, db_ref, dy, x, wt, &q, false, scratch);
+      pt_dnnl_conv_forward(w, y, x, wt, b);
+      pt_dnnl_conv_backward(w, dx, dw, db, dy, x, wt);
+      double ey = pt_test_max_err(y, y_ref, n.y), ex = pt_test_max_err(dx, dx_ref, n.x),
+             ew = pt_test_max_err(dw, dw_ref, n.w), eb = pt_test_max_err(db, db_ref, n.b);
+      CHECK(ey < 1e-5 && ex < 1e-5 && ew < 3e-5 && eb < 1e-5,
+            "5x5 pads 5 against conv.c: forward %.2g, din %.2g, dw %.2g, db %.2g", ey, ex, ew, eb);
+      float *all[] = {scratch, x, wt, b, dy, y, dx, dw, db, y_ref, dx_ref, dw_ref, db_ref};
+      for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) free(all[k]);
+    }
+    pt_dnnl_conv_plan_free(w);
+  }
+  /* a plan whose forward is not among its computations is named "gemm" */
+  {
+    pt_conv_params q = layer(1, 16, 32, 16, 5, 1, 1, false);
+    pt_dnnl_conv *w = pt_dnnl_conv_plan_create(&q, false, true,
+                                               PT_DNNL_BACKWARD_WEIGHTS | PT_DNNL_WINOGRAD, &err);
+    CHECK(w && strcmp(pt_dnnl_conv_impl(w), "gemm") == 0, "5x5, weights only: named %s",
+          w ? pt_dnnl_conv_impl(w) : err.msg);
+    pt_dnnl_conv_plan_free(w);
+  }
+
   /* 5x5 (which oneDNN has no Winograd for): plans run cpu/wino5.c, training ones all three
    * computations (checked against conv.c above and against a direct plan here), and with 3 input
    * channels all but the input gradient, which stays on oneDNN */
@@ -377,7 +420,6 @@ static void test_winograd(void) {
   check_shape(&p5, false, PT_DNNL_ALL | PT_DNNL_WINOGRAD, true);
   pt_conv_params p5_rgb = layer(1, 3, 40, 32, 5, 1, 1, false);
   check_shape(&p5_rgb, false, PT_DNNL_ALL | PT_DNNL_WINOGRAD, true);
-  pt_error err;
   {
     pt_dnnl_conv *w =
         pt_dnnl_conv_plan_create(&p5, false, true, PT_DNNL_ALL | PT_DNNL_WINOGRAD, &err);
