@@ -540,7 +540,6 @@ pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, 
   if (c->winograd && (c->ops & PT_DNNL_FORWARD) && pt_wino5_fits(p)) {
     if (!(c->w5 = pt_wino5_create(p, c->relu, err))) goto fail;
     c->wino_ops |= PT_DNNL_FORWARD;
-    snprintf(c->impl, sizeof c->impl, "wino5:F(2x2,5x5)");
   }
   if (c->winograd && (c->ops & PT_DNNL_BACKWARD_DATA) && pt_wino5_backward_data_fits(p)) {
     if (!(c->w5d = pt_wino5_create_backward_data(p, err))) goto fail;
@@ -555,8 +554,6 @@ pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, 
     /* oneDNN's deconvolution adds the bias, and sums its gradient, in a slow generic loop (0.1
      * ms on a 16x32x32 output, more than the deconvolution itself) */
     c->bias_outside = transpose;
-    char impl[sizeof c->impl];
-    memcpy(impl, c->impl, sizeof impl);
     int prev = one_thread_enter();
     int rc = plan_build(c, (ops & PT_DNNL_JIT_ONLY) != 0, err);
     one_thread_leave(prev);
@@ -565,9 +562,10 @@ pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, 
       drop_dnnl(c);
       c->ops = 0;
       pt_error_clear(err);
+      snprintf(c->impl, sizeof c->impl, "gemm");
     }
-    if (c->w5 || rc) memcpy(c->impl, impl, sizeof impl);
   }
+  if (c->w5) snprintf(c->impl, sizeof c->impl, "wino5:F(2x2,5x5)");
   c->ops |= c->wino_ops;
   /* conv.c's scratch, when it runs any of the computations the plan is for (also where wino5
    * runs the others and oneDNN none) */

@@ -43,16 +43,16 @@ enum { TILE_BLOCK = 16 };
 struct pt_wino5 {
   pt_conv_params p; /* the convolution this kernel computes (for backward data, the reversed one) */
   bool relu;
-  bool flip;       /* backward data: the weights are the layer's (p.C, p.OC, 5, 5), read transposed
-                    * and turned by 180 degrees */
-  bool accumulate; /* outputs are added into, not written */
-  bool wgrad;      /* backward weights: V, rows, and the three below; no U or M */
-  float *dyt;      /* dout of the current image, pixel-major: [OH OW][OC] */
-  float *Z;        /* the tile row's transformed dout: [36][TWp][OC] */
-  float *S;        /* the sums over tiles of V times Z: [36][C][OC] */
-  int TH, TW, TWp; /* rows and columns of tiles; columns rounded up to TILE_BLOCK */
-  int half;        /* floats per even or odd half of a padded input row: TWp + 2 */
-  float *U;        /* [36][OC][C] */
+  /* FORWARD and BACKWARD_DATA hold U and M; BACKWARD_DATA reads the layer's weights (p.C, p.OC,
+   * 5, 5) transposed and turned by 180 degrees, and adds its outputs into the caller's;
+   * BACKWARD_WEIGHTS holds the three below instead */
+  enum { FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS } kind;
+  float *dyt;        /* dout of the current image, pixel-major: [OH OW][OC] */
+  float *Z;          /* the tile row's transformed dout: [36][TWp][OC] */
+  float *S;          /* the sums over tiles of V times Z: [36][C][OC] */
+  int TH, TW, TWp;   /* rows and columns of tiles; columns rounded up to TILE_BLOCK */
+  int half;          /* floats per even or odd half of a padded input row: TWp + 2 */
+  float *U;          /* [36][OC][C] */
   const float *u_of; /* the weights U was made from; NULL when stale */
   float *V;          /* [36][C][TWp] */
   float *M;          /* [36][OC][TWp] */
@@ -132,13 +132,12 @@ static size_t plane_stride(size_t floats) {
   return (floats + 15) / 16 * 16 + 16;
 }
 
-static pt_wino5 *make(const pt_conv_params *p, bool relu, bool flip, bool wgrad, pt_error *err) {
+static pt_wino5 *make(const pt_conv_params *p, bool relu, int kind, pt_error *err) {
   pt_wino5 *w = calloc(1, sizeof *w);
   if (!w) goto nomem;
   w->p = *p;
   w->relu = relu;
-  w->flip = w->accumulate = flip;
-  w->wgrad = wgrad;
+  w->kind = kind;
   w->TH = (p->OH + 1) / 2;
   w->TW = (p->OW + 1) / 2;
   w->TWp = (w->TW + TILE_BLOCK - 1) / TILE_BLOCK * TILE_BLOCK;
@@ -152,7 +151,7 @@ static pt_wino5 *make(const pt_conv_params *p, bool relu, bool flip, bool wgrad,
   w->rows = alloc64((size_t)p->C * 6 * 2 * w->half);
   w->padded = alloc64((size_t)2 * w->half);
   if (!w->V || !w->rows || !w->padded) goto nomem;
-  if (wgrad) {
+  if (kind == BACKWARD_WEIGHTS) {
     w->dyt = alloc64((size_t)p->OH * p->OW * p->OC);
     w->Z = alloc64(36 * w->z_es);
     w->S = alloc64(36 * w->s_es);
@@ -174,7 +173,7 @@ pt_wino5 *pt_wino5_create(const pt_conv_params *p, bool relu, pt_error *err) {
     pt_error_set(err, PT_ERR_UNSUPPORTED, "Winograd F(2x2, 5x5): not a shape it takes");
     return NULL;
   }
-  return make(p, relu, false, false, err);
+  return make(p, relu, FORWARD, err);
 }
 
 pt_wino5 *pt_wino5_create_backward_data(const pt_conv_params *p, pt_error *err) {
@@ -185,7 +184,7 @@ pt_wino5 *pt_wino5_create_backward_data(const pt_conv_params *p, pt_error *err) 
     return NULL;
   }
   const pt_conv_params q = reversed(p);
-  return make(&q, false, true, false, err);
+  return make(&q, false, BACKWARD_DATA, err);
 }
 
 pt_wino5 *pt_wino5_create_backward_weights(const pt_conv_params *p, pt_error *err) {
@@ -193,7 +192,7 @@ pt_wino5 *pt_wino5_create_backward_weights(const pt_conv_params *p, pt_error *er
     pt_error_set(err, PT_ERR_UNSUPPORTED, "Winograd F(2x2, 5x5): not a shape it takes");
     return NULL;
   }
-  return make(p, false, false, true, err);
+  return make(p, false, BACKWARD_WEIGHTS, err);
 }
 
 void pt_wino5_free(pt_wino5 *w) {
@@ -228,8 +227,8 @@ void pt_wino5_weights_changed(pt_wino5 *w) {
   } while (0)
 
 /* U = G g G^T for every (output, input) channel pair, 16 input channels at a time (one per
- * lane); with `flip`, g is the layer's filter from input channel oc to output channel c, turned
- * by 180 degrees. */
+ * lane); for BACKWARD_DATA, g is the layer's filter from input channel oc to output channel c,
+ * turned by 180 degrees. */
 PT_CLONES static void transform_weights(pt_wino5 *w, const float *wt) {
   const int C = w->p.C, OC = w->p.OC;
   for (int oc = 0; oc < OC; oc++)
@@ -239,7 +238,7 @@ PT_CLONES static void transform_weights(pt_wino5 *w, const float *wt) {
       memset(g, 0, sizeof g);
       for (int l = 0; l < lanes; l++) {
         const int c = c0 + l;
-        if (w->flip) {
+        if (w->kind == BACKWARD_DATA) {
           const float *f = wt + ((size_t)c * OC + oc) * 25;
           for (int k = 0; k < 25; k++) g[k][l] = f[24 - k];
         } else {
@@ -338,6 +337,15 @@ PT_CLONES static void transform_input(pt_wino5 *w, int c, int th) {
   }
 }
 
+/* V for tile row th of image img, every channel. */
+static void transform_input_row(pt_wino5 *w, const float *img, int th) {
+  for (int c = 0; c < w->p.C; c++) {
+    /* the tile row reads input rows 2 th - PT .. + 5; the row before read all but the last 2 */
+    for (int y = th ? 4 : 0; y < 6; y++) split_row(w, img, c, 2 * th + y - w->p.PT);
+    transform_input(w, c, th);
+  }
+}
+
 /* The products' register blocks: acc (8 rows by 32 or 16 columns) = a (8 x K, rows lda apart)
  * times b (K x 32 or 16, rows ldb apart). Inlined into each clone. */
 #define BLOCK_INLINE static inline __attribute__((always_inline))
@@ -427,12 +435,12 @@ PT_CLONES static void transform_output(pt_wino5 *w, float *img, const float *b, 
         const int n = p->OW - 2 * t0; /* outputs left in the row */
         v16 lo = INTERLEAVE_LO(r[0], r[1]), hi = INTERLEAVE_HI(r[0], r[1]);
         if (n >= 32) {
-          if (w->accumulate) lo += LOAD16(dst), hi += LOAD16(dst + 16);
+          if (w->kind == BACKWARD_DATA) lo += LOAD16(dst), hi += LOAD16(dst + 16);
           STORE16(dst, lo);
           STORE16(dst + 16, hi);
         } else {
           float tile[32];
-          if (w->accumulate) {
+          if (w->kind == BACKWARD_DATA) { /* added into din */
             memcpy(tile, dst, sizeof(float) * (size_t)n);
             memset(tile + n, 0, sizeof(float) * (size_t)(32 - n));
             lo += LOAD16(tile), hi += LOAD16(tile + 16);
@@ -453,7 +461,7 @@ PT_CLONES static void transform_output(pt_wino5 *w, float *img, const float *b, 
  * domain, S[e] (C x OC) is the sum over tiles of V[e] (C x tiles) times Z[e]^T (tiles x OC),
  * Z = A dY A^T being each 2x2 block of dY taken to 6x6. The products run 8 input channels by 32
  * output channels in registers, one tile at a time, with Z pixel-major (output channels
- * consecutive), for which the 2 dout rows of a tile row are first copied channel-minor. */
+ * consecutive), for which dout is first transposed to pixel-major. */
 
 /* A over two vectors: six. */
 #define A2(y0, y1, r)                                                                              \
@@ -600,17 +608,14 @@ PT_CLONES static void add_filter_gradients(pt_wino5 *w, float *dw) {
 }
 
 void pt_wino5_backward_weights(pt_wino5 *w, float *dw, const float *dout, const float *in) {
-  if (!w->wgrad) return;
+  if (w->kind != BACKWARD_WEIGHTS) return;
   const pt_conv_params *p = &w->p;
   memset(w->S, 0, sizeof(float) * 36 * w->s_es);
   for (int n = 0; n < p->N; n++) {
     const float *img = in + (size_t)n * p->C * p->H * p->W;
     to_pixel_major(w->dyt, dout + (size_t)n * p->OC * p->OH * p->OW, p->OC, p->OH * p->OW);
     for (int th = 0; th < w->TH; th++) {
-      for (int c = 0; c < p->C; c++) {
-        for (int y = th ? 4 : 0; y < 6; y++) split_row(w, img, c, 2 * th + y - p->PT);
-        transform_input(w, c, th);
-      }
+      transform_input_row(w, img, th);
       transform_dout(w, th);
       accumulate_products(w);
     }
@@ -625,11 +630,7 @@ static void run(pt_wino5 *w, float *out, const float *in, const float *wt, const
     const float *img = in + (size_t)n * p->C * p->H * p->W;
     float *o = out + (size_t)n * p->OC * p->OH * p->OW;
     for (int th = 0; th < w->TH; th++) {
-      for (int c = 0; c < p->C; c++) {
-        /* the tile row reads input rows 2 th - PT .. + 5; the row before read all but the last 2 */
-        for (int y = th ? 4 : 0; y < 6; y++) split_row(w, img, c, 2 * th + y - p->PT);
-        transform_input(w, c, th);
-      }
+      transform_input_row(w, img, th);
       multiply(w);
       transform_output(w, o, b, th);
     }
@@ -637,9 +638,9 @@ static void run(pt_wino5 *w, float *out, const float *in, const float *wt, const
 }
 
 void pt_wino5_forward(pt_wino5 *w, float *out, const float *in, const float *wt, const float *b) {
-  if (!w->flip && !w->wgrad) run(w, out, in, wt, b);
+  if (w->kind == FORWARD) run(w, out, in, wt, b);
 }
 
 void pt_wino5_backward_data(pt_wino5 *w, float *din, const float *dout, const float *wt) {
-  if (w->flip) run(w, din, dout, wt, NULL);
+  if (w->kind == BACKWARD_DATA) run(w, din, dout, wt, NULL);
 }

@@ -1,5 +1,5 @@
-/* 5x5 convolutions by Winograd's minimal filtering F(2x2, 5x5), forward and input gradient
- * (internal).
+/* 5x5 convolutions by Winograd's minimal filtering F(2x2, 5x5): forward, input gradient and
+ * weights' gradient (internal).
  *
  * Each 2x2 block of output ("tile") comes from a 6x6 block of input: Y = A^T [(G g G^T) . (B^T d
  * B)] A (Lavin and Gray, 2016; interpolation points 0, 1, -1, 2, -2 and infinity). Per tile and
