@@ -13,8 +13,9 @@
  * Everything runs on one thread. OpenMP (oneDNN) and OpenBLAS read their thread counts from the
  * environment when they load, so the program re-executes itself with OMP_NUM_THREADS=1 and
  * OPENBLAS_NUM_THREADS=1 when they are not set (the plans need no such setting: run with
- * OMP_NUM_THREADS=2 to see that they stay on one core). Usage: conv_bench [-v] [seconds per
- * measurement]. */
+ * OMP_NUM_THREADS=2 to see that they stay on one core). Usage: conv_bench [-v] [-s TEXT] [seconds
+ * per measurement]; -s times only the layers whose name holds TEXT (and skips the sgemm figures).
+ */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,7 +29,8 @@
 #include "cpu/sgemm.h"
 
 static double min_seconds = 0.3;
-static bool verbose = false; /* -v: also oneDNN's primitives used directly */
+static bool verbose = false;    /* -v: also oneDNN's primitives used directly */
+static const char *only = NULL; /* -s TEXT: only the layers whose name holds TEXT */
 
 /* Process CPU time rather than wall time: on a shared machine it leaves out the time other
  * programs hold the core, and with one thread per library it equals the wall time of an idle
@@ -404,7 +406,7 @@ static int bench_pt(const pt_conv_params *p, bool t, double flops, row *r) {
     r->rule_fwd = r->fwd[0];
     r->rule_bwd = r->bwd[0];
   }
-  /* inference plans may run another kernel (Winograd F(2x2, 5x5) on cpu/wino5.c) */
+  /* inference plans may run another kernel (Winograd on cpu/wino.c) */
   unsigned inf_ops = pt_dnnl_conv_preferred(p, t);
   k.plan = inf_ops ? pt_dnnl_conv_plan_create(p, t, false, inf_ops | PT_DNNL_JIT_ONLY, &err) : NULL;
   if (k.plan) {
@@ -476,6 +478,8 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "-v") == 0)
       verbose = true;
+    else if (strcmp(argv[i], "-s") == 0 && i + 1 < argc)
+      only = argv[++i];
     else
       min_seconds = atof(argv[i]);
   }
@@ -487,15 +491,17 @@ int main(int argc, char **argv) {
   printf("oneDNN %d.%d.%d, cpu isa %d\n", v->major, v->minor, v->patch,
          (int)dnnl_get_effective_cpu_isa());
 
-  shape_gemm g = {1024, 1024, 1024, false, NULL, NULL, NULL};
-  unsigned seed = 3;
-  g.a = malloc(sizeof(float) << 20), g.b = malloc(sizeof(float) << 20);
-  g.c = malloc(sizeof(float) << 20);
-  fill(g.a, 1 << 20, &seed), fill(g.b, 1 << 20, &seed);
-  printf("cblas_sgemm 1024x1024x1024, one core:\n");
-  report("sgemm", time_call(shape_gemm_run, &g), 2.0 * 1024 * 1024 * 1024);
-  free(g.a), free(g.b), free(g.c);
-  bench_shape_gemms();
+  if (!only) {
+    shape_gemm g = {1024, 1024, 1024, false, NULL, NULL, NULL};
+    unsigned seed = 3;
+    g.a = malloc(sizeof(float) << 20), g.b = malloc(sizeof(float) << 20);
+    g.c = malloc(sizeof(float) << 20);
+    fill(g.a, 1 << 20, &seed), fill(g.b, 1 << 20, &seed);
+    printf("cblas_sgemm 1024x1024x1024, one core:\n");
+    report("sgemm", time_call(shape_gemm_run, &g), 2.0 * 1024 * 1024 * 1024);
+    free(g.a), free(g.b), free(g.c);
+    bench_shape_gemms();
+  }
 
   dnnl_engine_t eng;
   dnnl_stream_t stream;
@@ -548,7 +554,10 @@ int main(int argc, char **argv) {
   row rows[NS];
   memset(rows, 0, sizeof rows);
   int rc = 0;
+  bool picked[NS];
   for (size_t i = 0; i < NS; i++) {
+    picked[i] = !only || strstr(shapes[i].name, only);
+    if (!picked[i]) continue;
     const int K = shapes[i].K, S = shapes[i].S, H = shapes[i].H;
     const bool t = shapes[i].t;
     const int pad = t ? (K - S) / 2 : K / 2;
@@ -592,6 +601,7 @@ int main(int argc, char **argv) {
   for (int i = 0; i < 4; i++) printf(" %6s %6s %6s ", "gemm", "dnnl", "x");
   printf(" %-4s %6s %6s %5s %5s\n", "ops", "fwd", "bwd", "fwd x", "bwd x");
   for (size_t i = 0; i < NS; i++) {
+    if (!picked[i]) continue;
     const row *r = &rows[i];
     printf("%-26s", r->name);
     const double *col[4] = {r->fwd, r->bwd_data, r->bwd_weights, r->bwd};

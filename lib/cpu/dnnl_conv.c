@@ -33,7 +33,7 @@
  * between plans through oneDNN's primitive cache, and its library-managed scratchpad would then be
  * shared between threads as well. */
 #include "dnnl_conv.h"
-#include "wino5.h"
+#include "wino.h"
 
 #if PT_HAVE_DNNL
 
@@ -85,9 +85,9 @@ struct pt_dnnl_conv {
   bool bias_outside;   /* the bias is added and its gradient summed here, not by oneDNN */
   bool relu;           /* forward writes relu(conv) (PT_DNNL_RELU) */
   bool winograd;       /* PT_DNNL_WINOGRAD */
-  pt_wino5 *w5;        /* the forward on cpu/wino5.c (oneDNN has no 5x5 Winograd) */
-  pt_wino5 *w5d;       /* the input gradient on cpu/wino5.c */
-  pt_wino5 *w5w;       /* the weights' gradient on cpu/wino5.c (the bias's is a sum here) */
+  pt_wino *k_fwd;      /* the forward on cpu/wino.c */
+  pt_wino *k_data;     /* the input gradient on cpu/wino.c */
+  pt_wino *k_wts;      /* the weights' gradient on cpu/wino.c (the bias's is a sum here) */
   unsigned wino_ops;   /* the PT_DNNL_* computations those three run; the plan's oneDNN part is
                         * built for the others (none: the plan holds nothing of oneDNN's) */
   float *gemm_scratch; /* conv.c's scratch, for the computations it runs */
@@ -312,24 +312,6 @@ static void destroy_pd(dnnl_primitive_desc_t *pd) {
   *pd = NULL;
 }
 
-/* The primitive for descriptor d (a direct one), with Winograd instead where `winograd` asks for it
- * and oneDNN has it for this computation (d then says Winograd, so that descriptors copied from it
- * keep the algorithm). Winograd and direct primitives share the blocked layouts, so either is a
- * valid hint for the other. */
-static dnnl_status_t make_pd(dnnl_primitive_desc_t *pd, dnnl_convolution_desc_t *d, bool winograd,
-                             const_dnnl_primitive_attr_t attr, dnnl_engine_t eng,
-                             const_dnnl_primitive_desc_t hint) {
-  if (winograd) {
-    dnnl_convolution_desc_t w = *d;
-    w.alg_kind = dnnl_convolution_winograd;
-    if (dnnl_primitive_desc_create(pd, &w, attr, eng, hint) == dnnl_success) {
-      *d = w;
-      return dnnl_success;
-    }
-  }
-  return dnnl_primitive_desc_create(pd, d, attr, eng, hint);
-}
-
 static int plan_build(pt_dnnl_conv *c, bool jit_only, pt_error *err) {
   const pt_conv_params *p = &c->p;
   const char *what = "plan";
@@ -383,7 +365,7 @@ static int plan_build(pt_dnnl_conv *c, bool jit_only, pt_error *err) {
         dnnl_dilated_convolution_forward_desc_init(&fd, prop, dnnl_convolution_direct, &a_src,
                                                    &a_wei, bia, &a_dst, strides, dil, pad_l, pad_r);
   }
-  if (st == dnnl_success) st = make_pd(&fpd, &fd, c->winograd, attr, c->eng, NULL);
+  if (st == dnnl_success) st = dnnl_primitive_desc_create(&fpd, &fd, attr, c->eng, NULL);
   if (st == dnnl_success && (c->ops & PT_DNNL_BACKWARD_DATA)) {
     if (c->transpose)
       st = dnnl_dilated_deconvolution_backward_data_desc_init(
@@ -391,7 +373,7 @@ static int plan_build(pt_dnnl_conv *c, bool jit_only, pt_error *err) {
     else
       st = dnnl_dilated_convolution_backward_data_desc_init(
           &bdd, dnnl_convolution_direct, &a_src, &a_wei, &a_dst, strides, dil, pad_l, pad_r);
-    if (st == dnnl_success) st = make_pd(&bdpd, &bdd, c->winograd, attr, c->eng, fpd);
+    if (st == dnnl_success) st = dnnl_primitive_desc_create(&bdpd, &bdd, attr, c->eng, fpd);
   }
   if (st == dnnl_success && (c->ops & PT_DNNL_BACKWARD_WEIGHTS)) {
     if (c->transpose)
@@ -400,7 +382,7 @@ static int plan_build(pt_dnnl_conv *c, bool jit_only, pt_error *err) {
     else
       st = dnnl_dilated_convolution_backward_weights_desc_init(
           &bwd, dnnl_convolution_direct, &a_src, &a_wei, bia, &a_dst, strides, dil, pad_l, pad_r);
-    if (st == dnnl_success) st = make_pd(&bwpd, &bwd, c->winograd, attr, c->eng, fpd);
+    if (st == dnnl_success) st = dnnl_primitive_desc_create(&bwpd, &bwd, attr, c->eng, fpd);
   }
   dnnl_primitive_attr_destroy(attr);
   what = c->transpose ? "deconvolution" : "convolution";
@@ -535,18 +517,18 @@ pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, 
   c->relu = (ops & PT_DNNL_RELU) != 0;
   c->winograd = (ops & PT_DNNL_WINOGRAD) && !transpose;
   snprintf(c->impl, sizeof c->impl, "gemm");
-  /* 5x5 stride-1 layers on cpu/wino5.c; oneDNN keeps what it does not take (an input gradient
-   * of other than a multiple of 16 channels) */
-  if (c->winograd && (c->ops & PT_DNNL_FORWARD) && pt_wino5_fits(p)) {
-    if (!(c->w5 = pt_wino5_create(p, c->relu, err))) goto fail;
+  /* 3x3 and 5x5 stride-1 layers on cpu/wino.c; oneDNN keeps what it does not take (an input
+   * gradient of other than a multiple of 16 channels) */
+  if (c->winograd && (c->ops & PT_DNNL_FORWARD) && pt_wino_fits(p)) {
+    if (!(c->k_fwd = pt_wino_create(p, c->relu, err))) goto fail;
     c->wino_ops |= PT_DNNL_FORWARD;
   }
-  if (c->winograd && (c->ops & PT_DNNL_BACKWARD_DATA) && pt_wino5_backward_data_fits(p)) {
-    if (!(c->w5d = pt_wino5_create_backward_data(p, err))) goto fail;
+  if (c->winograd && (c->ops & PT_DNNL_BACKWARD_DATA) && pt_wino_backward_data_fits(p)) {
+    if (!(c->k_data = pt_wino_create_backward_data(p, err))) goto fail;
     c->wino_ops |= PT_DNNL_BACKWARD_DATA;
   }
-  if (c->winograd && (c->ops & PT_DNNL_BACKWARD_WEIGHTS) && pt_wino5_fits(p)) {
-    if (!(c->w5w = pt_wino5_create_backward_weights(p, err))) goto fail;
+  if (c->winograd && (c->ops & PT_DNNL_BACKWARD_WEIGHTS) && pt_wino_fits(p)) {
+    if (!(c->k_wts = pt_wino_create_backward_weights(p, err))) goto fail;
     c->wino_ops |= PT_DNNL_BACKWARD_WEIGHTS;
   }
   c->ops &= ~c->wino_ops;
@@ -558,16 +540,16 @@ pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, 
     int rc = plan_build(c, (ops & PT_DNNL_JIT_ONLY) != 0, err);
     one_thread_leave(prev);
     if (rc && !c->wino_ops) goto fail;
-    if (rc) { /* no oneDNN kernel for what wino5 left: conv.c runs it */
+    if (rc) { /* no oneDNN kernel for what wino.c left: conv.c runs it */
       drop_dnnl(c);
       c->ops = 0;
       pt_error_clear(err);
       snprintf(c->impl, sizeof c->impl, "gemm");
     }
   }
-  if (c->w5) snprintf(c->impl, sizeof c->impl, "wino5:F(2x2,5x5)");
+  if (c->k_fwd) snprintf(c->impl, sizeof c->impl, "wino:F(2x2,%dx%d)", p->KH, p->KW);
   c->ops |= c->wino_ops;
-  /* conv.c's scratch, when it runs any of the computations the plan is for (also where wino5
+  /* conv.c's scratch, when it runs any of the computations the plan is for (also where wino.c
    * runs the others and oneDNN none) */
   const unsigned needed = train ? (unsigned)PT_DNNL_ALL : (unsigned)PT_DNNL_FORWARD;
   if (needed & ~c->ops) {
@@ -585,9 +567,9 @@ fail:
 
 void pt_dnnl_conv_plan_free(pt_dnnl_conv *c) {
   if (!c) return;
-  pt_wino5_free(c->w5);
-  pt_wino5_free(c->w5d);
-  pt_wino5_free(c->w5w);
+  pt_wino_free(c->k_fwd);
+  pt_wino_free(c->k_data);
+  pt_wino_free(c->k_wts);
   drop_dnnl(c);
   free(c->gemm_scratch);
   free(c);
@@ -736,9 +718,9 @@ void pt_dnnl_conv_forward(pt_dnnl_conv *c, float *out, const float *in, const fl
   const pt_conv_params *p = &c->p;
   const int64_t n_out = (int64_t)p->N * p->OC * p->OH * p->OW;
   c->out_finite = false;
-  if (c->w5) {
-    if (c->train) pt_wino5_weights_changed(c->w5); /* an optimizer step changes them in place */
-    pt_wino5_forward(c->w5, out, in, w, b);
+  if (c->k_fwd) {
+    if (c->train) pt_wino_weights_changed(c->k_fwd); /* an optimizer step changes them in place */
+    pt_wino_forward(c->k_fwd, out, in, w, b);
     return;
   }
   if (!(c->ops & PT_DNNL_FORWARD)) {
@@ -776,7 +758,7 @@ void pt_dnnl_conv_forward(pt_dnnl_conv *c, float *out, const float *in, const fl
 bool pt_dnnl_conv_link(pt_dnnl_conv *from, pt_dnnl_conv *to) {
   if (from == to || to->src_plan) return false;
   to->src_plan = from;
-  if (from->w5 || to->w5) return false; /* NCHW in and out */
+  if (from->k_fwd || to->k_fwd) return false; /* NCHW in and out */
   if (from->train || to->train || !(from->ops & PT_DNNL_FORWARD) || !(to->ops & PT_DNNL_FORWARD) ||
       (from->bias_outside && from->p.has_bias))
     return false;
@@ -798,7 +780,7 @@ bool pt_dnnl_conv_link(pt_dnnl_conv *from, pt_dnnl_conv *to) {
 }
 
 void pt_dnnl_conv_weights_changed(pt_dnnl_conv *c) {
-  if (c->w5) pt_wino5_weights_changed(c->w5);
+  if (c->k_fwd) pt_wino_weights_changed(c->k_fwd);
   for (int i = 0; i < c->n_bufs; i++)
     if (c->bufs[i].role == T_WEI) c->bufs[i].from = NULL;
   c->checked_w = c->checked_b = NULL;
@@ -809,16 +791,16 @@ void pt_dnnl_conv_backward(pt_dnnl_conv *c, float *din, float *dw, float *db, co
   if (!c->train) return;
   const pt_conv_params *p = &c->p;
   if (!p->has_bias) db = NULL;
-  const bool wino_d = din && c->w5d, wino_w = c->w5w != NULL;
-  const bool dnnl_d = din && !c->w5d && (c->ops & PT_DNNL_BACKWARD_DATA);
+  const bool wino_d = din && c->k_data, wino_w = c->k_wts != NULL;
+  const bool dnnl_d = din && !c->k_data && (c->ops & PT_DNNL_BACKWARD_DATA);
   const bool dnnl_w = !wino_w && (c->ops & PT_DNNL_BACKWARD_WEIGHTS);
   float *gd = dnnl_d || wino_d ? NULL : din, *gw = dnnl_w || wino_w ? NULL : dw,
         *gb = dnnl_w || wino_w ? NULL : db;
   if (wino_d) {
-    pt_wino5_weights_changed(c->w5d);
-    pt_wino5_backward_data(c->w5d, din, dout, w);
+    pt_wino_weights_changed(c->k_data);
+    pt_wino_backward_data(c->k_data, din, dout, w);
   }
-  if (wino_w && dw) pt_wino5_backward_weights(c->w5w, dw, dout, in);
+  if (wino_w && dw) pt_wino_backward_weights(c->k_wts, dw, dout, in);
   if (wino_w && db) bias_grad(db, dout, p);
   if (gd || gw || gb) {
     if (c->transpose)
@@ -896,16 +878,14 @@ void pt_dnnl_conv_backward(pt_dnnl_conv *plan, float *din, float *dw, float *db,
  * (3 ran 0.5x), backward data where the input channels are, and backward weights where either
  * is (1.4-3.2x).
  * A computation for which oneDNN picks no JIT kernel stays on conv.c (PT_DNNL_JIT_ONLY).
- * Winograd (F(4x4, 3x3)) against direct convolution, both oneDNN's, forward / backward data /
- * backward weights: 1.9 / 1.9 / 1.3x on 32 channels at 64x64, 1.4 / 1.4 / 1.5x at 32x32,
- * 1.7 / 1.8 / 2.6x on 64 channels at 32x32, but 0.8-1.0x on 16 channels or at 16x16.
- * cpu/wino5.c's F(2x2, 5x5) against oneDNN's direct kernels on 5x5 32->32 at 64x64 (Xeon,
- * three runs): forward 1.8-2.0x, backward data 1.7-1.9x, backward weights 1.6-1.7x. */
+ * Winograd runs on cpu/wino.c (F(2x2, 3x3) and F(2x2, 5x5)). Against oneDNN's direct kernels
+ * (Xeon, forward / backward data / backward weights): 5x5 32->32 at 64x64 1.8-2.0 / 1.7-1.9 /
+ * 1.6-1.7x (three runs); 3x3 32->32 at 64x64 1.7-1.9 / 1.5 / 1.0x, 3x3 16->32 at 32x32 2.0 /
+ * 1.0 / 0.9x (inference forward; oneDNN's own F(4x4, 3x3) ran these 1.1 and 1.0x); but 3x3
+ * 16->16 at 32x32 0.8-1.0x, the input transform being shared by too few output channels, and
+ * images under 32x32 fill too few of the 16 tiles a vector holds. */
 static bool winograd_suits(const pt_conv_params *p) {
-  if (pt_wino5_fits(p)) /* cpu/wino5.c */
-    return p->C >= 16 && (int64_t)p->OH * p->OW >= 32 * 32;
-  return p->G == 1 && p->KH == 3 && p->KW == 3 && p->SH == 1 && p->SW == 1 && p->DH == 1 &&
-         p->DW == 1 && p->C % 16 == 0 && p->C >= 32 && p->OC % 16 == 0 && p->OC >= 32 &&
+  return pt_wino_fits(p) && p->C >= 16 && (p->KH == 5 || p->OC >= 32) &&
          (int64_t)p->OH * p->OW >= 32 * 32;
 }
 

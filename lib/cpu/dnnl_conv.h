@@ -47,13 +47,15 @@ enum {
    * passes NaN on): a oneDNN post-op while the inputs are finite, else a pass over the output.
    * Backward needs nothing new: relu'(x) = [x > 0] = [relu(x) > 0], NaN included. */
   PT_DNNL_RELU = 16,
-  /* with the above: the computations run oneDNN's Winograd convolution (F(4x4, 3x3): 3x3, stride
-   * 1) where it has a JIT kernel for them, direct convolution elsewhere; a 5x5 stride-1 layer runs
-   * them on cpu/wino5.c (F(2x2, 5x5)) instead, in NCHW: the forward, the weights' gradient, and
-   * the input gradient where wino5 takes it (pt_wino5_backward_data_fits; else oneDNN). Results
-   * differ from the direct kernels' by rounding (about 1e-6 of the output's scale, up to 1e-5 for
-   * the 5x5 weights' gradient) and are as reproducible; a NaN in the input spreads over the whole
-   * 4x4 (2x2) output tiles around it, not only the outputs whose window holds it. */
+  /* with the above: a 3x3 or 5x5 stride-1 layer (pt_wino_fits) runs the computations on
+   * cpu/wino.c (F(2x2, 3x3) or F(2x2, 5x5)), in NCHW: the forward, the weights' gradient, and the
+   * input gradient where cpu/wino.c takes it (pt_wino_backward_data_fits; else oneDNN's direct
+   * kernels or conv.c). oneDNN's own Winograd kernels are not used: they were no faster on these
+   * layers, and gave a wrong input gradient for a 3x3 layer of 15 input channels with pads
+   * 0, 0, 1, 0. Results differ from
+   * the direct kernels' by rounding (about 1e-6 of the output's scale, up to 1e-5 for the 5x5
+   * weights' gradient) and are as reproducible; a NaN in the input spreads over the whole 2x2
+   * output tiles around it, not only the outputs whose window holds it. */
   PT_DNNL_WINOGRAD = 32,
 };
 

@@ -11,9 +11,9 @@
  * folded Relu's; ranges cut inside a chain (two executors, bound like a stream's stages, the
  * boundary tensor checked as well); NaN in the input frame (it must reach the output as it does
  * without oneDNN; Winograd layers spread it over whole output tiles); weights changed in place;
- * Winograd layers among direct ones, 3x3 on oneDNN and 5x5 on cpu/wino5.c. Then the plan alone: an inference plan keeps its
- * weights until told they changed; a fused ReLU passes NaN on. Skipped (77) when the library is
- * built without oneDNN. */
+ * Winograd layers (cpu/wino.c) among direct ones, 3x3 and 5x5. Then the plan alone: an inference
+ * plan keeps its weights until told they changed; a fused ReLU passes NaN on. Skipped (77) when the
+ * library is built without oneDNN. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -169,7 +169,7 @@ static tb *net_skip(void) {
   return b;
 }
 
-/* Winograd layers (3x3, 32 channels, 32x32) between direct ones on 1x16x32x32: 16 -> 32 (direct)
+/* 3x3 layers on 1x16x32x32, which run on cpu/wino.c where they have 32 output channels: 16 -> 32
  * -> 32 -> 32 (no Relu, straight into the next) -> 32 -> 16 (direct) -> a 1x1 head of 10. */
 static tb *net_wino(void) {
   tb *b = tb_new(13);
@@ -189,7 +189,7 @@ static tb *net_wino(void) {
   return b;
 }
 
-/* 5x5 layers, which inference runs on cpu/wino5.c, on 1x16x32x32: 16 -> 32 -> 32 (no Relu,
+/* 5x5 layers, which run on cpu/wino.c, on 1x16x32x32: 16 -> 32 -> 32 (no Relu,
  * straight into the next) -> 16 -> a 1x1 head of 10. */
 static tb *net_wino5(void) {
   tb *b = tb_new(13);
@@ -616,11 +616,12 @@ int main(void) {
       {"branches", net_branches, {6}, 1, false}, /* after conv2: r0 and c2 cross, skips too */
       {"skip", net_skip, {0}, 0, true},
       {"skip", net_skip, {5}, 1, true}, /* before the Add: r0 is read on both sides */
-      {"wino", net_wino, {0}, 0, true, true},
-      {"wino", net_wino, {4}, 1, true, true}, /* after conv2, which feeds conv3 directly */
-      /* wino5 layers read and write NCHW: nothing to hand over */
-      {"wino5", net_wino5, {0}, 0, false, true},
-      {"wino5", net_wino5, {3}, 1, false, true}, /* after conv1, which feeds conv2 directly */
+      /* Winograd layers read and write NCHW, and no two direct ones follow each other: nothing
+       * to hand over */
+      {"wino 3x3", net_wino, {0}, 0, false, true},
+      {"wino 3x3", net_wino, {4}, 1, false, true}, /* after conv2, which feeds conv3 directly */
+      {"wino 5x5", net_wino5, {0}, 0, false, true},
+      {"wino 5x5", net_wino5, {3}, 1, false, true}, /* after conv1, which feeds conv2 directly */
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     case_inference(&cases[i]);

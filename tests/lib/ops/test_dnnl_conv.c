@@ -285,11 +285,9 @@ static void test_shapes(void) {
          made[1], tried[1]);
 }
 
-/* Winograd: the rule picks it for 3x3 stride-1 layers of 32 channels and more on images of 32x32
- * and more, and for 5x5 stride-1 layers of 16 input channels and more there, and not elsewhere;
- * such plans pass every check above, on oneDNN's Winograd kernels where the CPU has AVX-512 (its
- * F(4x4, 3x3) kernels need it), and agree with direct plans. 5x5 inference plans run
- * cpu/wino5.c. */
+/* Winograd: the rule picks it for stride-1 layers of 16 input channels and more on images of
+ * 32x32 and more, 3x3 ones with 32 output channels and more, 5x5 ones with 16 and more, and not
+ * elsewhere; such plans run cpu/wino.c, pass every check above, and agree with direct plans. */
 static void test_winograd(void) {
   const struct {
     pt_conv_params p;
@@ -300,6 +298,7 @@ static void test_winograd(void) {
       {layer(1, 32, 64, 32, 5, 1, 1, false), true},  {layer(1, 32, 64, 32, 3, 2, 1, false), false},
       {layer(1, 3, 64, 32, 5, 1, 1, false), false},  {layer(1, 32, 16, 32, 5, 1, 1, false), false},
       {layer(1, 32, 64, 32, 3, 1, 2, false), false}, {layer(1, 3, 64, 32, 3, 1, 1, false), false},
+      {layer(1, 16, 32, 32, 3, 1, 1, false), true},  {layer(1, 16, 32, 24, 3, 1, 1, false), false},
   };
   for (size_t i = 0; i < sizeof rule / sizeof rule[0]; i++) {
     char d[160];
@@ -308,8 +307,6 @@ static void test_winograd(void) {
     CHECK(!!(ops & PT_DNNL_WINOGRAD) == rule[i].suits, "%s: Winograd %s by the rule", d,
           rule[i].suits ? "not picked" : "picked");
   }
-  __builtin_cpu_init();
-  const bool avx512 = __builtin_cpu_supports("avx512f");
   pt_conv_params shapes[] = {layer(1, 32, 32, 32, 3, 1, 1, false),
                              layer(2, 48, 36, 32, 3, 1, 1, false)};
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
@@ -323,8 +320,8 @@ static void test_winograd(void) {
     pt_dnnl_conv *dir = pt_dnnl_conv_plan_create(p, false, true, PT_DNNL_ALL, &err);
     CHECK(w && dir, "%s: plans: %s", d, err.msg);
     if (!w || !dir) return;
-    CHECK(!avx512 || strstr(pt_dnnl_conv_impl(w), "wino"),
-          "%s: an AVX-512 CPU runs oneDNN's Winograd kernel, not %s", d, pt_dnnl_conv_impl(w));
+    CHECK(strstr(pt_dnnl_conv_impl(w), "wino:F(2x2,3x3)"), "%s: the plan runs cpu/wino.c, not %s",
+          d, pt_dnnl_conv_impl(w));
     CHECK(!strstr(pt_dnnl_conv_impl(dir), "wino"), "%s: a plan without the flag runs direct (%s)",
           d, pt_dnnl_conv_impl(dir));
     const sizes n = sizes_of(p, false);
@@ -345,15 +342,16 @@ static void test_winograd(void) {
     pt_dnnl_conv_plan_free(dir);
   }
 
-  /* random 5x5 stride-1 layers on cpu/wino5.c: any channel counts in (output channels 16 or 32),
-   * odd sizes down to 1x1, pads 0 to 4 on each side, batch 1 or 2; every subset of computations
-   * (the others on conv.c), each checked in full against conv.c */
-  for (int i = 0; i < 30; i++) {
-    pt_conv_params q = layer(rnd(1, 2), rnd(1, 40), rnd(1, 20), 16 * rnd(1, 2), 5, 1, 1, false);
+  /* random 3x3 and 5x5 stride-1 layers on cpu/wino.c: any channel counts in (output channels 16
+   * or 32), odd sizes down to 1x1, pads 0 to r - 1 on each side, batch 1 or 2; every subset of
+   * computations (the others on conv.c), each checked in full against conv.c */
+  for (int i = 0; i < 40; i++) {
+    const int K = i % 2 ? 3 : 5;
+    pt_conv_params q = layer(rnd(1, 2), rnd(1, 40), rnd(1, 20), 16 * rnd(1, 2), K, 1, 1, false);
     q.W = rnd(1, 20);
-    q.PT = rnd(0, 4), q.PB = rnd(0, 4), q.PL = rnd(0, 4), q.PR = rnd(0, 4);
+    q.PT = rnd(0, K - 1), q.PB = rnd(0, K - 1), q.PL = rnd(0, K - 1), q.PR = rnd(0, K - 1);
     q.has_bias = rnd(0, 1);
-    q.OH = q.H + q.PT + q.PB - 4, q.OW = q.W + q.PL + q.PR - 4;
+    q.OH = q.H + q.PT + q.PB - K + 1, q.OW = q.W + q.PL + q.PR - K + 1;
     if (q.OH < 1 || q.OW < 1) {
       i--;
       continue;
@@ -364,22 +362,23 @@ static void test_winograd(void) {
 
   pt_error err;
   /* the executor's plan for a 5x5 layer of 24 input channels: forward and weights' gradient on
-   * wino5, the input gradient (24 is no multiple of 16) on conv.c, oneDNN none */
+   * cpu/wino.c, the input gradient (24 is no multiple of 16) on conv.c, oneDNN none */
   pt_conv_params p24 = layer(1, 24, 32, 32, 5, 1, 1, false);
   const unsigned ops24 = pt_dnnl_conv_preferred(&p24, false);
   CHECK(ops24 == (PT_DNNL_FORWARD | PT_DNNL_BACKWARD_WEIGHTS | PT_DNNL_WINOGRAD),
         "5x5 24->32: the rule picks forward and weights on Winograd (%u)", ops24);
   check_shape(&p24, false, ops24 | PT_DNNL_JIT_ONLY, true);
 
-  /* a 5x5 layer with pads of 5, whose input gradient wino5 does not take and oneDNN has no JIT
-   * kernel for: wino5 keeps the forward and the weights' gradient, conv.c the input gradient */
+  /* a 5x5 layer with pads of 5, whose input gradient cpu/wino.c does not take and oneDNN has no
+   * JIT kernel for: cpu/wino.c keeps the forward and the weights' gradient, conv.c the input
+   * gradient */
   {
     pt_conv_params q = layer(1, 16, 20, 16, 5, 1, 1, false);
     q.PT = q.PL = q.PB = q.PR = 5;
     q.OH = q.OW = 20 + 10 - 4;
     pt_dnnl_conv *w = pt_dnnl_conv_plan_create(
         &q, false, true, PT_DNNL_ALL | PT_DNNL_WINOGRAD | PT_DNNL_JIT_ONLY, &err);
-    CHECK(w && strstr(pt_dnnl_conv_impl(w), "wino5") &&
+    CHECK(w && strstr(pt_dnnl_conv_impl(w), "wino:F(2x2,5x5)") &&
               pt_dnnl_conv_ops(w) == (PT_DNNL_FORWARD | PT_DNNL_BACKWARD_WEIGHTS),
           "5x5 pads 5: plan %s, ops %u", w ? pt_dnnl_conv_impl(w) : err.msg,
           w ? pt_dnnl_conv_ops(w) : 0);
@@ -413,7 +412,7 @@ static void test_winograd(void) {
     pt_dnnl_conv_plan_free(w);
   }
 
-  /* 5x5 (which oneDNN has no Winograd for): plans run cpu/wino5.c, training ones all three
+  /* 5x5 (which oneDNN has no Winograd for): plans run cpu/wino.c, training ones all three
    * computations (checked against conv.c above and against a direct plan here), and with 3 input
    * channels all but the input gradient, which stays on oneDNN */
   pt_conv_params p5 = layer(1, 32, 40, 32, 5, 1, 1, false);
@@ -424,7 +423,7 @@ static void test_winograd(void) {
     pt_dnnl_conv *w =
         pt_dnnl_conv_plan_create(&p5, false, true, PT_DNNL_ALL | PT_DNNL_WINOGRAD, &err);
     pt_dnnl_conv *dir = pt_dnnl_conv_plan_create(&p5, false, true, PT_DNNL_ALL, &err);
-    CHECK(w && dir && strstr(pt_dnnl_conv_impl(w), "wino5"), "5x5 training plan: %s",
+    CHECK(w && dir && strstr(pt_dnnl_conv_impl(w), "wino:F(2x2,5x5)"), "5x5 training plan: %s",
           w ? pt_dnnl_conv_impl(w) : err.msg);
     if (w && dir) {
       const sizes n = sizes_of(&p5, false);
@@ -444,7 +443,7 @@ static void test_winograd(void) {
         double ey = pt_test_max_err(y1, y2, n.y), ex = pt_test_max_err(dx1, dx2, n.x),
                ew = pt_test_max_err(dw1, dw2, n.w), eb = pt_test_max_err(db1, db2, n.b);
         CHECK(ey < 1e-5 && ex < 1e-5 && ew < 3e-5 && eb < 1e-5,
-              "5x5 training, step %d: wino5 against direct: forward %.2g, din %.2g, dw %.2g, "
+              "5x5 training, step %d: Winograd against direct: forward %.2g, din %.2g, dw %.2g, "
               "db %.2g",
               step, ey, ex, ew, eb);
         for (int64_t i = 0; i < n.w; i++) wt[i] = 0.5f - wt[i];
@@ -458,7 +457,7 @@ static void test_winograd(void) {
   pt_dnnl_conv *inf = pt_dnnl_conv_plan_create(&p5, false, false,
                                                PT_DNNL_ALL | PT_DNNL_WINOGRAD | PT_DNNL_RELU, &err);
   pt_dnnl_conv *ref = pt_dnnl_conv_plan_create(&p5, false, false, PT_DNNL_ALL | PT_DNNL_RELU, &err);
-  CHECK(inf && ref && strstr(pt_dnnl_conv_impl(inf), "wino5") &&
+  CHECK(inf && ref && strstr(pt_dnnl_conv_impl(inf), "wino:F(2x2,5x5)") &&
             !strstr(pt_dnnl_conv_impl(ref), "wino"),
         "5x5 inference plans: %s with the flag, %s without", inf ? pt_dnnl_conv_impl(inf) : "none",
         ref ? pt_dnnl_conv_impl(ref) : "none");
@@ -471,7 +470,7 @@ static void test_winograd(void) {
     double e = pt_test_max_err(y1, y2, n.y);
     bool relu = true;
     for (int64_t i = 0; i < n.y; i++) relu = relu && y1[i] >= 0;
-    CHECK(e < 1e-5 && relu, "5x5 inference with ReLU: wino5 within %.2g of direct", e);
+    CHECK(e < 1e-5 && relu, "5x5 inference with ReLU: Winograd within %.2g of direct", e);
     /* weights changed in place, then told: the new weights count */
     for (int64_t i = 0; i < n.w; i++) wt[i] *= -1.0f;
     pt_dnnl_conv_weights_changed(inf);

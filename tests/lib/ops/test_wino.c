@@ -1,8 +1,7 @@
-/* Winograd F(2x2, 5x5) (lib/cpu/wino5.c) against the im2col + OpenBLAS convolution of conv.c,
- * forward, input gradient and weights' gradient:
- * the benchmark layers, odd image sizes (half tiles at the edges), asymmetric and zero padding,
- * batch 2, one input channel, with and without bias and ReLU; repeated calls bit-identical;
- * weights at another address picked up;
+/* Winograd F(2x2, 3x3) and F(2x2, 5x5) (lib/cpu/wino.c) against the im2col + OpenBLAS convolution
+ * of conv.c, forward, input gradient and weights' gradient: the benchmark layers, odd image sizes
+ * (half tiles at the edges), asymmetric and zero padding, batch 2, one input channel, with and
+ * without bias and ReLU; repeated calls bit-identical; weights at another address picked up;
  * weights changed in place (told, and so recomputed); NaN input confined to the tiles whose input
  * block holds it, and passed on by the ReLU; shapes it refuses. */
 #include <math.h>
@@ -11,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cpu/ops.h"
-#include "cpu/wino5.h"
+#include "cpu/wino.h"
 #include "pt_test.h"
 
 static unsigned long long seed = 0x853c49e6748fea9bULL;
@@ -22,15 +21,15 @@ static float *random_f(int64_t n) {
   return x;
 }
 
-static pt_conv_params shape(int N, int C, int H, int W, int OC, int pt, int pl, int pb, int pr,
-                            bool bias) {
+static pt_conv_params shape(int K, int N, int C, int H, int W, int OC, int pt, int pl, int pb,
+                            int pr, bool bias) {
   pt_conv_params p = {.N = N,
                       .C = C,
                       .H = H,
                       .W = W,
                       .OC = OC,
-                      .KH = 5,
-                      .KW = 5,
+                      .KH = K,
+                      .KW = K,
                       .SH = 1,
                       .SW = 1,
                       .DH = 1,
@@ -41,8 +40,8 @@ static pt_conv_params shape(int N, int C, int H, int W, int OC, int pt, int pl, 
                       .PR = pr,
                       .G = 1,
                       .has_bias = bias};
-  p.OH = H + pt + pb - 4;
-  p.OW = W + pl + pr - 4;
+  p.OH = H + pt + pb - K + 1;
+  p.OW = W + pl + pr - K + 1;
   return p;
 }
 
@@ -57,38 +56,38 @@ static void reference(float *y, const float *x, const float *w, const float *b,
 
 static void check(const pt_conv_params *p, bool relu) {
   char d[160];
-  snprintf(d, sizeof d, "N%d C%d %dx%d -> OC%d %dx%d pad %d,%d,%d,%d%s%s", p->N, p->C, p->H, p->W,
-           p->OC, p->OH, p->OW, p->PT, p->PL, p->PB, p->PR, p->has_bias ? " bias" : "",
-           relu ? " relu" : "");
+  snprintf(d, sizeof d, "%dx%d N%d C%d %dx%d -> OC%d %dx%d pad %d,%d,%d,%d%s%s", p->KH, p->KW, p->N,
+           p->C, p->H, p->W, p->OC, p->OH, p->OW, p->PT, p->PL, p->PB, p->PR,
+           p->has_bias ? " bias" : "", relu ? " relu" : "");
   pt_error err;
-  pt_wino5 *k = pt_wino5_create(p, relu, &err);
+  pt_wino *k = pt_wino_create(p, relu, &err);
   CHECK(k != NULL, "%s: %s", d, err.msg);
   if (!k) return;
-  const int64_t nx = (int64_t)p->N * p->C * p->H * p->W, nw = (int64_t)p->OC * p->C * 25,
+  const int64_t nx = (int64_t)p->N * p->C * p->H * p->W, nw = (int64_t)p->OC * p->C * p->KH * p->KW,
                 ny = (int64_t)p->N * p->OC * p->OH * p->OW;
   float *x = random_f(nx), *w = random_f(nw), *b = p->has_bias ? random_f(p->OC) : NULL;
   float *y = malloc(sizeof(float) * ny), *y2 = malloc(sizeof(float) * ny),
         *ref = malloc(sizeof(float) * ny);
   for (int64_t i = 0; i < ny; i++) y[i] = y2[i] = NAN; /* every output must be written */
   reference(ref, x, w, b, p, relu);
-  pt_wino5_forward(k, y, x, w, b);
+  pt_wino_forward(k, y, x, w, b);
   double e = pt_test_max_err(y, ref, ny);
   CHECK(e < 1e-5, "%s: error %.3g against conv.c", d, e);
-  pt_wino5_forward(k, y2, x, w, b);
+  pt_wino_forward(k, y2, x, w, b);
   CHECK(memcmp(y, y2, sizeof(float) * ny) == 0, "%s: a repeated forward is bit-identical", d);
 
   /* weights changed in place: recomputed once told */
   for (int64_t i = 0; i < nw; i++) w[i] = -0.5f * w[i] + 0.01f;
   reference(ref, x, w, b, p, relu);
-  pt_wino5_weights_changed(k);
-  pt_wino5_forward(k, y, x, w, b);
+  pt_wino_weights_changed(k);
+  pt_wino_forward(k, y, x, w, b);
   e = pt_test_max_err(y, ref, ny);
   CHECK(e < 1e-5, "%s: new weights at the same address: error %.3g", d, e);
 
   /* other weights at another address: used without being told */
   float *w2 = random_f(nw);
   reference(ref, x, w2, b, p, relu);
-  pt_wino5_forward(k, y, x, w2, b);
+  pt_wino_forward(k, y, x, w2, b);
   e = pt_test_max_err(y, ref, ny);
   CHECK(e < 1e-5, "%s: weights at another address: error %.3g", d, e);
   free(w2);
@@ -98,24 +97,25 @@ static void check(const pt_conv_params *p, bool relu) {
   if (p->N == 1 && p->H >= 12 && p->W >= 12) {
     const int cy = p->H / 2, cx = p->W / 2;
     x[((int64_t)(p->C - 1) * p->H + cy) * p->W + cx] = NAN;
-    pt_wino5_forward(k, y, x, w, b);
+    pt_wino_forward(k, y, x, w, b);
     bool reach = true, confined = true;
     for (int oc = 0; oc < p->OC; oc++)
       for (int oy = 0; oy < p->OH; oy++)
         for (int ox = 0; ox < p->OW; ox++) {
           const float v = y[((int64_t)oc * p->OH + oy) * p->OW + ox];
           const int iy = oy - p->PT, ix = ox - p->PL; /* the window's top left in the input */
-          const bool reads = cy >= iy && cy < iy + 5 && cx >= ix && cx < ix + 5;
-          /* the 6x6 block of the tile holding (oy, ox) */
+          const int K = p->KH, n = K + 1;
+          const bool reads = cy >= iy && cy < iy + K && cx >= ix && cx < ix + K;
+          /* the n x n block of the tile holding (oy, ox) */
           const int ty = (oy / 2) * 2 - p->PT, tx = (ox / 2) * 2 - p->PL;
-          const bool block = cy >= ty && cy < ty + 6 && cx >= tx && cx < tx + 6;
+          const bool block = cy >= ty && cy < ty + n && cx >= tx && cx < tx + n;
           if (reads && !isnan(v)) reach = false;
           if (!block && isnan(v)) confined = false;
         }
     CHECK(reach, "%s: a NaN input reaches every output whose window holds it", d);
     CHECK(confined, "%s: and no output outside the tiles whose input block holds it", d);
   }
-  pt_wino5_free(k);
+  pt_wino_free(k);
   free(x);
   free(w);
   free(b);
@@ -128,16 +128,16 @@ static void check(const pt_conv_params *p, bool relu) {
  * weights changed in place picked up at once (a backward-data kernel transforms them per call). */
 static void check_backward(const pt_conv_params *p) {
   char d[160];
-  snprintf(d, sizeof d, "backward N%d C%d %dx%d -> OC%d %dx%d pad %d,%d,%d,%d", p->N, p->C, p->H,
-           p->W, p->OC, p->OH, p->OW, p->PT, p->PL, p->PB, p->PR);
+  snprintf(d, sizeof d, "backward %dx%d N%d C%d %dx%d -> OC%d %dx%d pad %d,%d,%d,%d", p->KH, p->KW,
+           p->N, p->C, p->H, p->W, p->OC, p->OH, p->OW, p->PT, p->PL, p->PB, p->PR);
   pt_error err;
-  const bool data = pt_wino5_backward_data_fits(p);
-  pt_wino5 *kd = data ? pt_wino5_create_backward_data(p, &err) : NULL;
+  const bool data = pt_wino_backward_data_fits(p);
+  pt_wino *kd = data ? pt_wino_create_backward_data(p, &err) : NULL;
   CHECK(!data || kd, "%s: backward data: %s", d, err.msg);
-  pt_wino5 *kw = pt_wino5_create_backward_weights(p, &err);
+  pt_wino *kw = pt_wino_create_backward_weights(p, &err);
   CHECK(kw != NULL, "%s: backward weights: %s", d, err.msg);
   if (!kw || (data && !kd)) return;
-  const int64_t nx = (int64_t)p->N * p->C * p->H * p->W, nw = (int64_t)p->OC * p->C * 25,
+  const int64_t nx = (int64_t)p->N * p->C * p->H * p->W, nw = (int64_t)p->OC * p->C * p->KH * p->KW,
                 ny = (int64_t)p->N * p->OC * p->OH * p->OW;
   float *x = random_f(nx), *w = random_f(nw), *dy = random_f(ny);
   float *dx_ref = random_f(nx), *dw_ref = random_f(nw); /* base values, added into */
@@ -150,19 +150,19 @@ static void check_backward(const pt_conv_params *p) {
   float *scratch = malloc(sizeof(float) * (size_t)pt_conv2d_scratch(p));
   pt_conv2d_backward(dx_ref, dw_ref, NULL, dy, x, w, p, scratch);
   if (kd) {
-    pt_wino5_backward_data(kd, dx, dy, w);
+    pt_wino_backward_data(kd, dx, dy, w);
     double e = pt_test_max_err(dx, dx_ref, nx);
     CHECK(e < 1e-5, "%s: din error %.3g against conv.c", d, e);
-    pt_wino5_backward_data(kd, dx2, dy, w);
+    pt_wino_backward_data(kd, dx2, dy, w);
     CHECK(memcmp(dx, dx2, sizeof(float) * nx) == 0, "%s: din bit-identical when repeated", d);
   }
   /* the weights' gradient sums products of transformed values, which are up to 900 times the
    * inputs' scale (B^T d B up to 100, A dY A^T up to 9), so it rounds more: up to 8e-6 seen */
-  pt_wino5_backward_weights(kw, dw, dy, x);
+  pt_wino_backward_weights(kw, dw, dy, x);
   double e = pt_test_max_err(dw, dw_ref, nw);
   CHECK(e < 3e-5, "%s: dw error %.3g against conv.c", d, e);
   printf("%s: din error %.2g, dw error %.2g\n", d, kd ? pt_test_max_err(dx, dx_ref, nx) : 0.0, e);
-  pt_wino5_backward_weights(kw, dw2, dy, x);
+  pt_wino_backward_weights(kw, dw2, dy, x);
   CHECK(memcmp(dw, dw2, sizeof(float) * nw) == 0, "%s: dw bit-identical when repeated", d);
 
   if (kd) { /* new weights at the same address, not told: din follows them */
@@ -170,13 +170,13 @@ static void check_backward(const pt_conv_params *p) {
     memset(dx_ref, 0, sizeof(float) * nx);
     memset(dx, 0, sizeof(float) * nx);
     pt_conv2d_backward(dx_ref, NULL, NULL, dy, x, w, p, scratch);
-    pt_wino5_weights_changed(kd);
-    pt_wino5_backward_data(kd, dx, dy, w);
+    pt_wino_weights_changed(kd);
+    pt_wino_backward_data(kd, dx, dy, w);
     e = pt_test_max_err(dx, dx_ref, nx);
     CHECK(e < 1e-5, "%s: din after new weights: error %.3g", d, e);
   }
-  pt_wino5_free(kd);
-  pt_wino5_free(kw);
+  pt_wino_free(kd);
+  pt_wino_free(kw);
   float *all[] = {x, w, dy, dx_ref, dw_ref, dx, dw, dx2, dw2, scratch};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
 }
@@ -187,42 +187,53 @@ int main(void) {
     pt_conv_params p;
     bool relu;
   } cases[] = {
-      {shape(1, 32, 64, 64, 32, 2, 2, 2, 2, true), true}, /* `large`'s layers */
-      {shape(1, 32, 64, 64, 32, 2, 2, 2, 2, true), false},
-      {shape(1, 3, 64, 64, 32, 2, 2, 2, 2, true), true},   /* its first */
-      {shape(1, 16, 13, 17, 16, 2, 2, 2, 2, true), true},  /* odd sizes: half tiles */
-      {shape(2, 8, 11, 9, 48, 1, 3, 0, 2, false), false},  /* batch 2, asymmetric pads */
-      {shape(1, 1, 5, 5, 16, 0, 0, 0, 0, true), true},     /* one output pixel */
-      {shape(1, 20, 40, 21, 64, 0, 0, 0, 0, false), true}, /* no padding, 32 + 32 channels */
-      {shape(1, 17, 24, 36, 80, 2, 1, 2, 1, true), false}, /* 32 + 32 + 16 channels */
+      {shape(5, 1, 32, 64, 64, 32, 2, 2, 2, 2, true), true}, /* `large`'s layers */
+      {shape(5, 1, 32, 64, 64, 32, 2, 2, 2, 2, true), false},
+      {shape(5, 1, 3, 64, 64, 32, 2, 2, 2, 2, true), true},   /* its first */
+      {shape(5, 1, 16, 13, 17, 16, 2, 2, 2, 2, true), true},  /* odd sizes: half tiles */
+      {shape(5, 2, 8, 11, 9, 48, 1, 3, 0, 2, false), false},  /* batch 2, asymmetric pads */
+      {shape(5, 1, 1, 5, 5, 16, 0, 0, 0, 0, true), true},     /* one output pixel */
+      {shape(5, 1, 20, 40, 21, 64, 0, 0, 0, 0, false), true}, /* no padding, 32 + 32 channels */
+      {shape(5, 1, 17, 24, 36, 80, 2, 1, 2, 1, true), false}, /* 32 + 32 + 16 channels */
+      {shape(3, 1, 16, 32, 32, 16, 1, 1, 1, 1, true), true},  /* `small`'s layers */
+      {shape(3, 1, 3, 32, 32, 16, 1, 1, 1, 1, true), true},   /* its first */
+      {shape(3, 1, 32, 64, 64, 32, 1, 1, 1, 1, false), true}, /* 32 tiles a row */
+      {shape(3, 1, 16, 13, 17, 16, 1, 1, 1, 1, true), true},  /* odd sizes: half tiles */
+      {shape(3, 2, 8, 11, 9, 48, 0, 2, 1, 0, false), false},  /* batch 2, asymmetric pads */
+      {shape(3, 1, 1, 3, 3, 16, 0, 0, 0, 0, true), true},     /* one output pixel */
+      {shape(3, 1, 48, 8, 70, 32, 2, 0, 2, 1, true), false},  /* 35 tiles a row, pads of 2 */
+      {shape(3, 2, 17, 9, 9, 80, 1, 1, 1, 1, true), true},    /* 32 + 32 + 16 channels */
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     check(&cases[i].p, cases[i].relu);
     check_backward(&cases[i].p);
   }
-  /* input gradients: only with input channels a multiple of 16 and pads of 0 to 4 */
-  const pt_conv_params data_no[] = {shape(1, 3, 64, 64, 32, 2, 2, 2, 2, true),
-                                    shape(1, 16, 20, 20, 16, 5, 2, 2, 2, true)};
+  /* input gradients: only with input channels a multiple of 16 and pads of 0 to r - 1 */
+  const pt_conv_params data_no[] = {
+      shape(5, 1, 3, 64, 64, 32, 2, 2, 2, 2, true), shape(5, 1, 16, 20, 20, 16, 5, 2, 2, 2, true),
+      shape(3, 1, 8, 20, 20, 16, 1, 1, 1, 1, true), shape(3, 1, 16, 20, 20, 16, 1, 3, 1, 1, true)};
   for (size_t i = 0; i < sizeof data_no / sizeof data_no[0]; i++) {
     pt_error err;
-    pt_wino5 *k = pt_wino5_create_backward_data(&data_no[i], &err);
-    CHECK(!k && err.code == PT_ERR_UNSUPPORTED, "input gradient %zu (3 channels, pad 5) refused",
-          i);
-    pt_wino5_free(k);
+    pt_wino *k = pt_wino_create_backward_data(&data_no[i], &err);
+    CHECK(!k && err.code == PT_ERR_UNSUPPORTED,
+          "input gradient %zu (3 or 8 channels, pad 5 on 5x5 or 3 on 3x3) refused", i);
+    pt_wino_free(k);
   }
 
   pt_conv_params no[] = {
-      shape(1, 8, 16, 16, 16, 2, 2, 2, 2, true), shape(1, 8, 16, 16, 24, 2, 2, 2, 2, true),
-      shape(1, 8, 16, 16, 16, 2, 2, 2, 2, true), shape(1, 8, 16, 16, 16, 2, 2, 2, 2, true)};
-  no[0].KH = no[0].KW = 3, no[0].OH = no[0].OW = 16; /* 3x3 */
+      shape(5, 1, 8, 16, 16, 16, 2, 2, 2, 2, true), shape(5, 1, 8, 16, 16, 24, 2, 2, 2, 2, true),
+      shape(5, 1, 8, 16, 16, 16, 2, 2, 2, 2, true), shape(5, 1, 8, 16, 16, 16, 2, 2, 2, 2, true),
+      shape(3, 1, 8, 16, 16, 16, 1, 1, 1, 1, true)};
+  no[0].KH = no[0].KW = 7, no[0].OH = no[0].OW = 14; /* 7x7 */
   no[2].SH = no[2].SW = 2, no[2].OH = no[2].OW = 8;  /* stride 2 */
   no[3].G = 2;                                       /* groups */
+  no[4].KW = 5, no[4].OW = 14;                       /* 3x5 */
   for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
     pt_error err;
-    pt_wino5 *k = pt_wino5_create(&no[i], false, &err);
-    CHECK(!k && !pt_wino5_fits(&no[i]) && err.code == PT_ERR_UNSUPPORTED,
-          "shape %zu (3x3, 24 output channels, stride 2, groups) refused", i);
-    pt_wino5_free(k);
+    pt_wino *k = pt_wino_create(&no[i], false, &err);
+    CHECK(!k && !pt_wino_fits(&no[i]) && err.code == PT_ERR_UNSUPPORTED,
+          "shape %zu (7x7, 24 output channels, stride 2, groups, 3x5) refused", i);
+    pt_wino_free(k);
   }
   PT_TEST_END();
 }
