@@ -31,21 +31,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "vec16.h"
 #include "wino.h"
-
-typedef float v16 __attribute__((vector_size(64)));
-
-/* One copy per instruction set, picked when the library loads (an ifunc). Not under
- * ThreadSanitizer, whose runtime is not up yet when ifunc resolvers run. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&                             \
-    !defined(__SANITIZE_THREAD__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define PT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-#endif
-#ifndef PT_CLONES
-#define PT_CLONES
-#endif
 
 enum { TILE_BLOCK = 16 };
 
@@ -73,36 +60,6 @@ struct pt_wino {
    * of the cache (planes of 4 KB apart would all share one set) */
   size_t u_es, v_es, m_es, z_es, s_es;
 };
-
-typedef int v16i __attribute__((vector_size(64)));
-
-/* A vector of lanes picked from a and b (lanes 0-15 of a, 16-31 of b). */
-#ifdef __clang__
-#define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#else
-#define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (v16i){__VA_ARGS__})
-#endif
-/* The lanes of a and b interleaved: a0 b0 a1 b1 ... (the low half) and a8 b8 ... (the high). */
-#define INTERLEAVE_LO(a, b) SHUFFLE(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23)
-#define INTERLEAVE_HI(a, b)                                                                        \
-  SHUFFLE(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31)
-/* The even and odd lanes of 32 floats a b: a0 a2 ... b14, and a1 a3 ... b15. */
-#define EVENS(a, b) SHUFFLE(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
-#define ODDS(a, b) SHUFFLE(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)
-
-/* Unaligned 16-float loads and stores (macros: a function passing v16 by value would change the
- * ABI between the clones) */
-#define LOAD16(p)                                                                                  \
-  ({                                                                                               \
-    v16 v_;                                                                                        \
-    memcpy(&v_, (p), sizeof v_);                                                                   \
-    v_;                                                                                            \
-  })
-#define STORE16(p, v)                                                                              \
-  do {                                                                                             \
-    v16 t_ = (v);                                                                                  \
-    memcpy((p), &t_, sizeof t_);                                                                   \
-  } while (0)
 
 bool pt_wino_fits(const pt_conv_params *p) {
   return (p->KH == 3 || p->KH == 5) && p->KW == p->KH && p->SH == 1 && p->SW == 1 && p->DH == 1 &&
@@ -230,6 +187,9 @@ void pt_wino_weights_changed(pt_wino *w) {
  * called: arrays of vectors, never vectors by value (that would change the ABI between the
  * clones). */
 #define INLINE static inline __attribute__((always_inline))
+
+/* The helpers below are inlined into each clone, each compiled for a constant n (4 or 6) where
+ * it is called. */
 
 /* G over n - 1 vectors d: n vectors r. */
 INLINE void g_rows(v16 *r, const v16 *d, int n) {
@@ -560,20 +520,6 @@ PT_CLONES static void transform_output(pt_wino *w, float *img, const float *b, i
  * output channels in registers, one tile at a time, with Z pixel-major (output channels
  * consecutive), for which dout is first transposed to pixel-major. */
 
-/* The 16 x 16 matrix whose rows are r[0..15] transposed in place: four rounds of interleaving
- * row i with row i + 8. */
-#define TRANSPOSE16(r)                                                                             \
-  do {                                                                                             \
-    for (int round_ = 0; round_ < 4; round_++) {                                                   \
-      v16 t_[16];                                                                                  \
-      for (int i_ = 0; i_ < 8; i_++) {                                                             \
-        t_[2 * i_] = INTERLEAVE_LO(r[i_], r[i_ + 8]);                                              \
-        t_[2 * i_ + 1] = INTERLEAVE_HI(r[i_], r[i_ + 8]);                                          \
-      }                                                                                            \
-      memcpy(r, t_, sizeof t_);                                                                    \
-    }                                                                                              \
-  } while (0)
-
 /* dyt = dy (OC, P) transposed to (P, OC), in 16 x 16 blocks (OC is a multiple of 16). */
 PT_CLONES static void to_pixel_major(float *dyt, const float *dy, int OC, int P) {
   int p0 = 0;
@@ -726,4 +672,279 @@ void pt_wino_forward(pt_wino *w, float *out, const float *in, const float *wt, c
 
 void pt_wino_backward_data(pt_wino *w, float *din, const float *dout, const float *wt) {
   if (w->kind == BACKWARD_DATA) run(w, din, dout, wt, NULL);
+}
+
+/* ---- F(4x4, 3x3) over channel vectors ----
+ *
+ * With points 0, 1, -1, 2, -2 and infinity, a 4x4 output tile of a 3x3 filter comes from a 6x6
+ * input block through the same B^T as F(2x2, 5x5) above, with
+ *
+ *   G = [ 1/4    0     0   ]   A^T = [ 1 1  1 1  1 0 ]
+ *       [ 1/6   1/6   1/6  ]         [ 0 1 -1 2 -2 0 ]
+ *       [ 1/6  -1/6   1/6  ]         [ 0 1  1 4  4 0 ]
+ *       [ 1/24  1/12  1/6  ]         [ 0 1 -1 8 -8 1 ]
+ *       [ 1/24 -1/12  1/6  ]
+ *       [ 0      0     1   ]
+ *
+ * Here a vector holds 16 channels of one pixel: the image is first transposed to pixel-major
+ * (zero padded, so every tile reads a full 6x6 block), each tile's block transforms 16 channels at
+ * once, the products run 8 tiles by 16 output channels in registers, and the output, written
+ * pixel-major, is transposed back. Work goes one row of tiles at a time, as for F(2x2, r x r).
+ * Layouts: X [8 (padded row mod 8)][Wp][C] (Wp = 4 TW + 2; a row of tiles reads padded rows 4 ty
+ * to 4 ty + 5, of which the row before read the first 2), U [36][C][OC], V [36][TW][C] and
+ * M [36][TW][OC] for one row of tiles, Y [4][OW][OC] its output rows. */
+
+enum { X_RING = 8 };
+
+struct pt_wino4 {
+  pt_conv_params p;
+  bool relu;
+  int TH, TW, Wp;
+  float *X, *U, *V, *M, *Y;
+  const float *u_of; /* the weights U was made from; NULL when stale */
+  size_t u_es, v_es, m_es;
+};
+
+bool pt_wino4_fits(const pt_conv_params *p) {
+  return p->KH == 3 && p->KW == 3 && p->SH == 1 && p->SW == 1 && p->DH == 1 && p->DW == 1 &&
+         p->G == 1 && p->C % 16 == 0 && p->OC % 16 == 0 && p->OH >= 1 && p->OW >= 1 && p->PT >= 0 &&
+         p->PL >= 0 && p->PB >= 0 && p->PR >= 0;
+}
+
+pt_wino4 *pt_wino4_create(const pt_conv_params *p, bool relu, pt_error *err) {
+  if (!pt_wino4_fits(p)) {
+    pt_error_set(err, PT_ERR_UNSUPPORTED, "Winograd F(4x4, 3x3): not a shape it takes");
+    return NULL;
+  }
+  pt_wino4 *w = calloc(1, sizeof *w);
+  if (!w) goto nomem;
+  w->p = *p;
+  w->relu = relu;
+  w->TH = (p->OH + 3) / 4;
+  w->TW = (p->OW + 3) / 4;
+  w->Wp = 4 * w->TW + 2;
+  w->u_es = plane_stride((size_t)p->C * p->OC);
+  w->v_es = plane_stride((size_t)w->TW * p->C);
+  w->m_es = plane_stride((size_t)w->TW * p->OC);
+  w->X = alloc64((size_t)X_RING * w->Wp * p->C);
+  w->U = alloc64(36 * w->u_es);
+  w->V = alloc64(36 * w->v_es);
+  w->M = alloc64(36 * w->m_es);
+  w->Y = alloc64((size_t)4 * p->OW * p->OC);
+  if (!w->X || !w->U || !w->V || !w->M || !w->Y) goto nomem;
+  return w;
+nomem:
+  pt_wino4_free(w);
+  pt_error_set(err, PT_ERR_NOMEM, "Winograd F(4x4, 3x3): out of memory");
+  return NULL;
+}
+
+void pt_wino4_free(pt_wino4 *w) {
+  if (!w) return;
+  free(w->X);
+  free(w->U);
+  free(w->V);
+  free(w->M);
+  free(w->Y);
+  free(w);
+}
+
+void pt_wino4_weights_changed(pt_wino4 *w) {
+  w->u_of = NULL;
+}
+
+/* G over three vectors: six. */
+INLINE void g3_rows(v16 *r, const v16 *d) {
+  const v16 e = d[0] + d[2], e2 = d[0] * (1.0f / 24) + d[2] * (1.0f / 6), o2 = d[1] * (1.0f / 12);
+  r[0] = d[0] * 0.25f;
+  r[1] = (e + d[1]) * (1.0f / 6);
+  r[2] = (e - d[1]) * (1.0f / 6);
+  r[3] = e2 + o2;
+  r[4] = e2 - o2;
+  r[5] = d[2];
+}
+
+/* A^T over six vectors: four. */
+INLINE void at4_rows(v16 *r, const v16 *m) {
+  const v16 s1 = m[1] + m[2], d1 = m[1] - m[2], s3 = m[3] + m[4], d3 = m[3] - m[4];
+  r[0] = m[0] + s1 + s3;
+  r[1] = d1 + 2 * d3;
+  r[2] = s1 + 4 * s3;
+  r[3] = d1 + 8 * d3 + m[5];
+}
+
+/* U[e][c][oc] = (G g G^T)[e] of filter (oc, c), 16 output channels at a time. */
+PT_CLONES static void wino4_transform_weights(pt_wino4 *w, const float *wt) {
+  const int C = w->p.C, OC = w->p.OC;
+  for (int c = 0; c < C; c++)
+    for (int oc0 = 0; oc0 < OC; oc0 += 16) {
+      float g[9][16];
+      for (int l = 0; l < 16; l++)
+        for (int k = 0; k < 9; k++) g[k][l] = wt[((size_t)(oc0 + l) * C + c) * 9 + k];
+      v16 t[6][3]; /* G g: [row][column] */
+      for (int j = 0; j < 3; j++) {
+        const v16 d[3] = {LOAD16(g[j]), LOAD16(g[3 + j]), LOAD16(g[6 + j])};
+        v16 col[6];
+        g3_rows(col, d);
+        for (int a = 0; a < 6; a++) t[a][j] = col[a];
+      }
+      for (int a = 0; a < 6; a++) {
+        v16 row[6];
+        g3_rows(row, t[a]);
+        for (int b = 0; b < 6; b++)
+          STORE16(w->U + (a * 6 + b) * w->u_es + (size_t)c * OC + oc0, row[b]);
+      }
+    }
+  w->u_of = wt;
+}
+
+/* dst (cols, rows) = src (rows, cols) transposed; src rows lds apart, dst rows ldd apart; rows
+ * and cols multiples of 16 where vectors do it, the rest one by one. */
+PT_CLONES static void transpose(float *dst, size_t ldd, const float *src, size_t lds, int rows,
+                                int cols) {
+  int r0 = 0;
+  for (; r0 + 16 <= rows; r0 += 16) {
+    const float *s = src + (size_t)r0 * lds;
+    int c0 = 0;
+    for (; c0 + 16 <= cols; c0 += 16) {
+      v16 r[16];
+      const float *q = s + c0; /* one pointer stepped along: 16 would not stay in registers */
+      for (int i = 0; i < 16; i++, q += lds) r[i] = LOAD16(q);
+      TRANSPOSE16(r);
+      float *d = dst + (size_t)c0 * ldd + r0;
+      for (int i = 0; i < 16; i++, d += ldd) STORE16(d, r[i]);
+    }
+    for (; c0 < cols; c0++)
+      for (int i = 0; i < 16; i++) dst[(size_t)c0 * ldd + r0 + i] = s[i * lds + c0];
+  }
+  for (; r0 < rows; r0++)
+    for (int c = 0; c < cols; c++) dst[(size_t)c * ldd + r0] = src[(size_t)r0 * lds + c];
+}
+
+/* X's slot for padded row y. */
+static float *x_row(const pt_wino4 *w, int y) {
+  return w->X + (size_t)(y % X_RING) * w->Wp * w->p.C;
+}
+
+/* Padded row y (input row y - PT, zeros outside the image) of image img into X, pixel-major. */
+static void wino4_fill_row(pt_wino4 *w, const float *img, int y) {
+  const pt_conv_params *p = &w->p;
+  const int C = p->C, iy = y - p->PT;
+  float *x = x_row(w, y);
+  if (iy < 0 || iy >= p->H) {
+    memset(x, 0, sizeof(float) * (size_t)w->Wp * C);
+    return;
+  }
+  const int cols = p->W < w->Wp - p->PL ? p->W : w->Wp - p->PL;
+  memset(x, 0, sizeof(float) * (size_t)p->PL * C);
+  transpose(x + (size_t)p->PL * C, C, img + (size_t)iy * p->W, (size_t)p->H * p->W, C, cols);
+  memset(x + (size_t)(p->PL + cols) * C, 0, sizeof(float) * (size_t)(w->Wp - p->PL - cols) * C);
+}
+
+/* V for tile row ty: each tile's 6x6 block of X, 16 channels at a time. */
+PT_CLONES static void wino4_transform_input(pt_wino4 *w, int ty) {
+  const int C = w->p.C;
+  const float *rows[6];
+  for (int i = 0; i < 6; i++) rows[i] = x_row(w, 4 * ty + i);
+  for (int tx = 0; tx < w->TW; tx++)
+    for (int c0 = 0; c0 < C; c0 += 16) {
+      const size_t at = (size_t)4 * tx * C + c0;
+      v16 t[6][6]; /* B^T d: [row][column] */
+      for (int j = 0; j < 6; j++) {
+        v16 d[6], col[6];
+        for (int i = 0; i < 6; i++) d[i] = LOAD16(rows[i] + at + (size_t)j * C);
+        bt_rows(col, d, 6);
+        for (int a = 0; a < 6; a++) t[a][j] = col[a];
+      }
+      for (int a = 0; a < 6; a++) {
+        v16 row[6];
+        bt_rows(row, t[a], 6);
+        for (int b = 0; b < 6; b++)
+          STORE16(w->V + (a * 6 + b) * w->v_es + (size_t)tx * C + c0, row[b]);
+      }
+    }
+}
+
+/* acc[i] (i < NT) = sum over k < K of a[i lda + k] times b[k ldb .. + 16]. */
+INLINE void block_tiles(v16 *acc, int NT, const float *a, size_t lda, const float *b, size_t ldb,
+                        int K) {
+  for (int i = 0; i < NT; i++) acc[i] = (v16){0};
+  for (int k = 0; k < K; k++) {
+    const v16 bk = LOAD16(b + (size_t)k * ldb);
+    for (int i = 0; i < NT; i++) acc[i] += a[(size_t)i * lda + k] * bk;
+  }
+}
+
+/* M[e][t][oc] = sum over c of V[e][t][c] U[e][c][oc]: 8 tiles by 16 output channels at a time. */
+PT_CLONES static void wino4_multiply(pt_wino4 *w) {
+  const int C = w->p.C, OC = w->p.OC, TW = w->TW;
+  for (int e = 0; e < 36; e++) {
+    const float *U = w->U + e * w->u_es, *V = w->V + e * w->v_es;
+    float *M = w->M + e * w->m_es;
+    for (int oc0 = 0; oc0 < OC; oc0 += 16) {
+      int t0 = 0;
+      for (; t0 + 8 <= TW; t0 += 8) {
+        v16 acc[8];
+        block_tiles(acc, 8, V + (size_t)t0 * C, C, U + oc0, OC, C);
+        for (int i = 0; i < 8; i++) STORE16(M + (size_t)(t0 + i) * OC + oc0, acc[i]);
+      }
+      if (t0 < TW) {
+        v16 acc[8];
+        const int nt = TW - t0;
+        block_tiles(acc, nt, V + (size_t)t0 * C, C, U + oc0, OC, C);
+        for (int i = 0; i < nt; i++) STORE16(M + (size_t)(t0 + i) * OC + oc0, acc[i]);
+      }
+    }
+  }
+}
+
+/* The 4x4 outputs of every tile of row ty into Y, with bias and ReLU (NaN passed on). */
+PT_CLONES static void wino4_transform_output(pt_wino4 *w, const float *b, int ty) {
+  const pt_conv_params *p = &w->p;
+  const int OC = p->OC;
+  for (int tx = 0; tx < w->TW; tx++)
+    for (int oc0 = 0; oc0 < OC; oc0 += 16) {
+      v16 bias = {0};
+      if (b) bias = LOAD16(b + oc0);
+      v16 t[4][6]; /* A^T m: [output row][column] */
+      for (int k = 0; k < 6; k++) {
+        v16 m[6], four[4];
+        for (int a = 0; a < 6; a++)
+          m[a] = LOAD16(w->M + (a * 6 + k) * w->m_es + (size_t)tx * OC + oc0);
+        at4_rows(four, m);
+        for (int i = 0; i < 4; i++) t[i][k] = four[i];
+      }
+      for (int i = 0; i < 4; i++) {
+        const int oy = 4 * ty + i;
+        if (oy >= p->OH) break;
+        v16 r[4];
+        at4_rows(r, t[i]);
+        for (int j = 0; j < 4; j++) {
+          const int ox = 4 * tx + j;
+          if (ox >= p->OW) break;
+          v16 y = r[j] + bias;
+          if (w->relu) y = (v16)((v16i)y & ~(y < 0.0f)); /* NaN < 0 is false */
+          STORE16(w->Y + ((size_t)i * p->OW + ox) * OC + oc0, y);
+        }
+      }
+    }
+}
+
+void pt_wino4_forward(pt_wino4 *w, float *out, const float *in, const float *wt, const float *b) {
+  const pt_conv_params *p = &w->p;
+  const int C = p->C, OC = p->OC;
+  if (w->u_of != wt) wino4_transform_weights(w, wt);
+  for (int n = 0; n < p->N; n++) {
+    const float *img = in + (size_t)n * C * p->H * p->W;
+    float *o = out + (size_t)n * OC * p->OH * p->OW;
+    for (int ty = 0; ty < w->TH; ty++) {
+      for (int y = ty ? 4 * ty + 2 : 0; y < 4 * ty + 6; y++) wino4_fill_row(w, img, y);
+      wino4_transform_input(w, ty);
+      wino4_multiply(w);
+      wino4_transform_output(w, b, ty);
+      for (int i = 0; i < 4 && 4 * ty + i < p->OH; i++)
+        transpose(o + (size_t)(4 * ty + i) * p->OW, (size_t)p->OH * p->OW,
+                  w->Y + (size_t)i * p->OW * OC, OC, p->OW, OC);
+    }
+  }
 }

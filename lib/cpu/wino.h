@@ -53,4 +53,21 @@ void pt_wino_backward_data(pt_wino *w, float *din, const float *dout, const floa
  * gradient is a plain sum of dout, left to the caller. */
 void pt_wino_backward_weights(pt_wino *w, float *dw, const float *dout, const float *in);
 
+/* 3x3 forward convolutions by Winograd F(4x4, 3x3), with vectors of 16 channels of a pixel
+ * rather than 16 tiles: 4x4 output tiles from 6x6 input blocks, 36 multiplications instead of
+ * 144 per tile and channel pair, for layers whose channels are too few (16) to share F(2x2,
+ * 3x3)'s input transform well. Rounds a little more than F(2x2, 3x3) (its transforms reach 8
+ * times the inputs' scale, against 2). Running allocates nothing. */
+typedef struct pt_wino4 pt_wino4;
+
+/* True for a 3x3 convolution, stride 1, no dilation, no groups, input and output channels
+ * multiples of 16, pads not negative. */
+bool pt_wino4_fits(const pt_conv_params *p);
+pt_wino4 *pt_wino4_create(const pt_conv_params *p, bool relu, pt_error *err);
+void pt_wino4_free(pt_wino4 *w);
+/* The weights handed to the next forward are new, even at the same address. */
+void pt_wino4_weights_changed(pt_wino4 *w);
+/* out (N, OC, OH, OW), in (N, C, H, W), w (OC, C, 3, 3), b (OC) or NULL. */
+void pt_wino4_forward(pt_wino4 *w, float *out, const float *in, const float *wt, const float *b);
+
 #endif

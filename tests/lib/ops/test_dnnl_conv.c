@@ -286,19 +286,22 @@ static void test_shapes(void) {
 }
 
 /* Winograd: the rule picks it for stride-1 layers of 16 input channels and more on images of
- * 32x32 and more, 3x3 ones with 32 output channels and more, 5x5 ones with 16 and more, and not
- * elsewhere; such plans run cpu/wino.c, pass every check above, and agree with direct plans. */
+ * 32x32 and more, 3x3 ones with 32 output channels and more or with channels in multiples of 16,
+ * 5x5 ones with 16 and more, and not elsewhere; such plans run cpu/wino.c (a 3x3 forward on
+ * F(4x4, 3x3) where its channels are multiples of 16), pass every check above, and agree with
+ * direct plans. */
 static void test_winograd(void) {
   const struct {
     pt_conv_params p;
     bool suits;
   } rule[] = {
       {layer(1, 32, 64, 32, 3, 1, 1, false), true},  {layer(1, 64, 32, 32, 3, 1, 1, false), true},
-      {layer(1, 16, 32, 16, 3, 1, 1, false), false}, {layer(1, 32, 16, 32, 3, 1, 1, false), false},
+      {layer(1, 16, 32, 16, 3, 1, 1, false), true},  {layer(1, 32, 16, 32, 3, 1, 1, false), false},
       {layer(1, 32, 64, 32, 5, 1, 1, false), true},  {layer(1, 32, 64, 32, 3, 2, 1, false), false},
       {layer(1, 3, 64, 32, 5, 1, 1, false), false},  {layer(1, 32, 16, 32, 5, 1, 1, false), false},
       {layer(1, 32, 64, 32, 3, 1, 2, false), false}, {layer(1, 3, 64, 32, 3, 1, 1, false), false},
       {layer(1, 16, 32, 32, 3, 1, 1, false), true},  {layer(1, 16, 32, 24, 3, 1, 1, false), false},
+      {layer(1, 24, 32, 16, 3, 1, 1, false), false},
   };
   for (size_t i = 0; i < sizeof rule / sizeof rule[0]; i++) {
     char d[160];
@@ -308,7 +311,8 @@ static void test_winograd(void) {
           rule[i].suits ? "not picked" : "picked");
   }
   pt_conv_params shapes[] = {layer(1, 32, 32, 32, 3, 1, 1, false),
-                             layer(2, 48, 36, 32, 3, 1, 1, false)};
+                             layer(2, 48, 36, 32, 3, 1, 1, false),
+                             layer(1, 16, 32, 16, 3, 1, 1, false)};
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
     const pt_conv_params *p = &shapes[i];
     char d[160];
@@ -320,8 +324,9 @@ static void test_winograd(void) {
     pt_dnnl_conv *dir = pt_dnnl_conv_plan_create(p, false, true, PT_DNNL_ALL, &err);
     CHECK(w && dir, "%s: plans: %s", d, err.msg);
     if (!w || !dir) return;
-    CHECK(strstr(pt_dnnl_conv_impl(w), "wino:F(2x2,3x3)"), "%s: the plan runs cpu/wino.c, not %s",
-          d, pt_dnnl_conv_impl(w));
+    /* the forward on F(4x4, 3x3) */
+    CHECK(strstr(pt_dnnl_conv_impl(w), "wino:F(4x4,3x3)") && pt_dnnl_conv_ops(w) == PT_DNNL_ALL,
+          "%s: the plan runs cpu/wino.c, not %s", d, pt_dnnl_conv_impl(w));
     CHECK(!strstr(pt_dnnl_conv_impl(dir), "wino"), "%s: a plan without the flag runs direct (%s)",
           d, pt_dnnl_conv_impl(dir));
     const sizes n = sizes_of(p, false);
@@ -336,6 +341,12 @@ static void test_winograd(void) {
            ew = pt_test_max_err(dw1, dw2, n.w);
     CHECK(ey < 1e-5 && ex < 1e-5 && ew < 1e-5 && pt_test_max_err(db1, db2, n.b) < 1e-5,
           "%s: Winograd within 1e-5 of direct: forward %.2g, din %.2g, dw %.2g", d, ey, ex, ew);
+    /* the gradients on F(2x2, 3x3) with 32 output channels; with 16, on the same direct kernels
+     * as the direct plan's, so bit-identical to them */
+    const bool same =
+        memcmp(dx1, dx2, sizeof(float) * n.x) == 0 && memcmp(dw1, dw2, sizeof(float) * n.w) == 0;
+    CHECK(same == (p->OC < 32), "%s: gradients %s the direct plan's", d,
+          p->OC < 32 ? "not bit-identical to" : "bit-identical to");
     float *all[] = {x, wt, b, dy, y1, y2, dx1, dx2, dw1, dw2, db1, db2};
     for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) free(all[k]);
     pt_dnnl_conv_plan_free(w);

@@ -54,15 +54,42 @@ static void reference(float *y, const float *x, const float *w, const float *b,
   for (int64_t i = 0; relu && i < n; i++) y[i] = y[i] < 0 ? 0 : y[i];
 }
 
-static void check(const pt_conv_params *p, bool relu) {
+/* The forward kernel under test: F(2x2, r x r) (pt_wino) or F(4x4, 3x3) (pt_wino4). */
+typedef struct fwd {
+  pt_wino *k2;
+  pt_wino4 *k4;
+} fwd;
+
+static void fwd_run(fwd *k, float *y, const float *x, const float *w, const float *b) {
+  if (k->k4)
+    pt_wino4_forward(k->k4, y, x, w, b);
+  else
+    pt_wino_forward(k->k2, y, x, w, b);
+}
+
+static void fwd_weights_changed(fwd *k) {
+  if (k->k4)
+    pt_wino4_weights_changed(k->k4);
+  else
+    pt_wino_weights_changed(k->k2);
+}
+
+/* The forward against conv.c (within tol of the output's scale), repeated, with new weights in
+ * place and at another address, and with a NaN pixel. */
+static void check_kernel(const pt_conv_params *p, bool relu, bool four, double tol) {
   char d[160];
-  snprintf(d, sizeof d, "%dx%d N%d C%d %dx%d -> OC%d %dx%d pad %d,%d,%d,%d%s%s", p->KH, p->KW, p->N,
-           p->C, p->H, p->W, p->OC, p->OH, p->OW, p->PT, p->PL, p->PB, p->PR,
-           p->has_bias ? " bias" : "", relu ? " relu" : "");
+  snprintf(d, sizeof d, "%s %dx%d N%d C%d %dx%d -> OC%d %dx%d pad %d,%d,%d,%d%s%s",
+           four ? "F(4x4)" : "F(2x2)", p->KH, p->KW, p->N, p->C, p->H, p->W, p->OC, p->OH, p->OW,
+           p->PT, p->PL, p->PB, p->PR, p->has_bias ? " bias" : "", relu ? " relu" : "");
   pt_error err;
-  pt_wino *k = pt_wino_create(p, relu, &err);
-  CHECK(k != NULL, "%s: %s", d, err.msg);
-  if (!k) return;
+  fwd kernel = {NULL, NULL}, *k = &kernel;
+  if (four)
+    k->k4 = pt_wino4_create(p, relu, &err);
+  else
+    k->k2 = pt_wino_create(p, relu, &err);
+  CHECK(k->k2 || k->k4, "%s: %s", d, err.msg);
+  if (!k->k2 && !k->k4) return;
+  const int m = four ? 4 : 2; /* the output tile's size */
   const int64_t nx = (int64_t)p->N * p->C * p->H * p->W, nw = (int64_t)p->OC * p->C * p->KH * p->KW,
                 ny = (int64_t)p->N * p->OC * p->OH * p->OW;
   float *x = random_f(nx), *w = random_f(nw), *b = p->has_bias ? random_f(p->OC) : NULL;
@@ -70,26 +97,27 @@ static void check(const pt_conv_params *p, bool relu) {
         *ref = malloc(sizeof(float) * ny);
   for (int64_t i = 0; i < ny; i++) y[i] = y2[i] = NAN; /* every output must be written */
   reference(ref, x, w, b, p, relu);
-  pt_wino_forward(k, y, x, w, b);
+  fwd_run(k, y, x, w, b);
   double e = pt_test_max_err(y, ref, ny);
-  CHECK(e < 1e-5, "%s: error %.3g against conv.c", d, e);
-  pt_wino_forward(k, y2, x, w, b);
+  CHECK(e < tol, "%s: error %.3g against conv.c", d, e);
+  if (four) printf("%s: error %.2g against conv.c\n", d, e);
+  fwd_run(k, y2, x, w, b);
   CHECK(memcmp(y, y2, sizeof(float) * ny) == 0, "%s: a repeated forward is bit-identical", d);
 
   /* weights changed in place: recomputed once told */
   for (int64_t i = 0; i < nw; i++) w[i] = -0.5f * w[i] + 0.01f;
   reference(ref, x, w, b, p, relu);
-  pt_wino_weights_changed(k);
-  pt_wino_forward(k, y, x, w, b);
+  fwd_weights_changed(k);
+  fwd_run(k, y, x, w, b);
   e = pt_test_max_err(y, ref, ny);
-  CHECK(e < 1e-5, "%s: new weights at the same address: error %.3g", d, e);
+  CHECK(e < tol, "%s: new weights at the same address: error %.3g", d, e);
 
   /* other weights at another address: used without being told */
   float *w2 = random_f(nw);
   reference(ref, x, w2, b, p, relu);
-  pt_wino_forward(k, y, x, w2, b);
+  fwd_run(k, y, x, w2, b);
   e = pt_test_max_err(y, ref, ny);
-  CHECK(e < 1e-5, "%s: weights at another address: error %.3g", d, e);
+  CHECK(e < tol, "%s: weights at another address: error %.3g", d, e);
   free(w2);
   reference(ref, x, w, b, p, relu);
 
@@ -97,17 +125,17 @@ static void check(const pt_conv_params *p, bool relu) {
   if (p->N == 1 && p->H >= 12 && p->W >= 12) {
     const int cy = p->H / 2, cx = p->W / 2;
     x[((int64_t)(p->C - 1) * p->H + cy) * p->W + cx] = NAN;
-    pt_wino_forward(k, y, x, w, b);
+    fwd_run(k, y, x, w, b);
     bool reach = true, confined = true;
     for (int oc = 0; oc < p->OC; oc++)
       for (int oy = 0; oy < p->OH; oy++)
         for (int ox = 0; ox < p->OW; ox++) {
           const float v = y[((int64_t)oc * p->OH + oy) * p->OW + ox];
           const int iy = oy - p->PT, ix = ox - p->PL; /* the window's top left in the input */
-          const int K = p->KH, n = K + 1;
+          const int K = p->KH, n = m + K - 1;
           const bool reads = cy >= iy && cy < iy + K && cx >= ix && cx < ix + K;
           /* the n x n block of the tile holding (oy, ox) */
-          const int ty = (oy / 2) * 2 - p->PT, tx = (ox / 2) * 2 - p->PL;
+          const int ty = (oy / m) * m - p->PT, tx = (ox / m) * m - p->PL;
           const bool block = cy >= ty && cy < ty + n && cx >= tx && cx < tx + n;
           if (reads && !isnan(v)) reach = false;
           if (!block && isnan(v)) confined = false;
@@ -115,7 +143,8 @@ static void check(const pt_conv_params *p, bool relu) {
     CHECK(reach, "%s: a NaN input reaches every output whose window holds it", d);
     CHECK(confined, "%s: and no output outside the tiles whose input block holds it", d);
   }
-  pt_wino_free(k);
+  pt_wino_free(k->k2);
+  pt_wino4_free(k->k4);
   free(x);
   free(w);
   free(b);
@@ -205,7 +234,8 @@ int main(void) {
       {shape(3, 2, 17, 9, 9, 80, 1, 1, 1, 1, true), true},    /* 32 + 32 + 16 channels */
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    check(&cases[i].p, cases[i].relu);
+    check_kernel(&cases[i].p, cases[i].relu, false, 1e-5);
+    if (pt_wino4_fits(&cases[i].p)) check_kernel(&cases[i].p, cases[i].relu, true, 1e-5);
     check_backward(&cases[i].p);
   }
   /* input gradients: only with input channels a multiple of 16 and pads of 0 to r - 1 */
