@@ -55,16 +55,19 @@ typedef int v16i __attribute__((vector_size(64)));
 #define INLINE static inline __attribute__((always_inline))
 
 /* The 16 x 16 matrix whose rows are r[0..15] transposed in place: four rounds of interleaving
- * row i with row i + 8. */
+ * row i with row i + 8, 64 two-source shuffles. Unrolled in full: GCC at -O2 leaves the loops,
+ * keeps r in memory and runs it 2.5 times slower (-O3 unrolls them anyway). */
+#define PT_UNROLL(n) _Pragma(PT_STR(GCC unroll n))
+#define PT_STR(x) #x
 #define TRANSPOSE16(r)                                                                             \
   do {                                                                                             \
-    for (int round_ = 0; round_ < 4; round_++) {                                                   \
+    PT_UNROLL(4) for (int round_ = 0; round_ < 4; round_++) {                                      \
       v16 t_[16];                                                                                  \
-      for (int i_ = 0; i_ < 8; i_++) {                                                             \
+      PT_UNROLL(8) for (int i_ = 0; i_ < 8; i_++) {                                                \
         t_[2 * i_] = INTERLEAVE_LO(r[i_], r[i_ + 8]);                                              \
         t_[2 * i_ + 1] = INTERLEAVE_HI(r[i_], r[i_ + 8]);                                          \
       }                                                                                            \
-      memcpy(r, t_, sizeof t_);                                                                    \
+      PT_UNROLL(16) for (int i_ = 0; i_ < 16; i_++) r[i_] = t_[i_];                                \
     }                                                                                              \
   } while (0)
 

@@ -520,18 +520,32 @@ PT_CLONES static void transform_output(pt_wino *w, float *img, const float *b, i
  * output channels in registers, one tile at a time, with Z pixel-major (output channels
  * consecutive), for which dout is first transposed to pixel-major. */
 
-/* dyt = dy (OC, P) transposed to (P, OC), in 16 x 16 blocks (OC is a multiple of 16). */
-PT_CLONES static void to_pixel_major(float *dyt, const float *dy, int OC, int P) {
-  int p0 = 0;
-  for (; p0 + 16 <= P; p0 += 16)
-    for (int oc0 = 0; oc0 < OC; oc0 += 16) {
+/* dst (cols, rows) = src (rows, cols) transposed; src rows lds apart, dst rows ldd apart; rows
+ * and cols multiples of 16 where vectors do it, the rest one by one. */
+PT_CLONES static void transpose(float *dst, size_t ldd, const float *src, size_t lds, int rows,
+                                int cols) {
+  int r0 = 0;
+  for (; r0 + 16 <= rows; r0 += 16) {
+    const float *s = src + (size_t)r0 * lds;
+    int c0 = 0;
+    for (; c0 + 16 <= cols; c0 += 16) {
       v16 r[16];
-      for (int i = 0; i < 16; i++) r[i] = LOAD16(dy + (size_t)(oc0 + i) * P + p0);
+      /* one pointer stepped along the 16 rows; the empty asm keeps GCC from turning it into 16
+       * pointers carried across the loop, which do not fit in registers (they took half the
+       * transpose's time, spilled) */
+      const float *q = s + c0;
+      __asm__("" : "+r"(q));
+      for (int i = 0; i < 16; i++, q += lds) r[i] = LOAD16(q);
       TRANSPOSE16(r);
-      for (int i = 0; i < 16; i++) STORE16(dyt + (size_t)(p0 + i) * OC + oc0, r[i]);
+      float *d = dst + (size_t)c0 * ldd + r0;
+      __asm__("" : "+r"(d));
+      for (int i = 0; i < 16; i++, d += ldd) STORE16(d, r[i]);
     }
-  for (; p0 < P; p0++)
-    for (int oc = 0; oc < OC; oc++) dyt[(size_t)p0 * OC + oc] = dy[(size_t)oc * P + p0];
+    for (; c0 < cols; c0++)
+      for (int i = 0; i < 16; i++) dst[(size_t)c0 * ldd + r0 + i] = s[i * lds + c0];
+  }
+  for (; r0 < rows; r0++)
+    for (int c = 0; c < cols; c++) dst[(size_t)c * ldd + r0] = src[(size_t)r0 * lds + c];
 }
 
 /* Z for tile row th, from dyt: zeros outside the image. */
@@ -642,7 +656,9 @@ void pt_wino_backward_weights(pt_wino *w, float *dw, const float *dout, const fl
   memset(w->S, 0, sizeof(float) * w->E * w->s_es);
   for (int n = 0; n < p->N; n++) {
     const float *img = in + (size_t)n * p->C * p->H * p->W;
-    to_pixel_major(w->dyt, dout + (size_t)n * p->OC * p->OH * p->OW, p->OC, p->OH * p->OW);
+    /* dout to pixel-major */
+    transpose(w->dyt, p->OC, dout + (size_t)n * p->OC * p->OH * p->OW, (size_t)p->OH * p->OW, p->OC,
+              p->OH * p->OW);
     for (int th = 0; th < w->TH; th++) {
       transform_input_row(w, img, th);
       transform_dout(w, th);
@@ -796,29 +812,6 @@ PT_CLONES static void wino4_transform_weights(pt_wino4 *w, const float *wt) {
       }
     }
   w->u_of = wt;
-}
-
-/* dst (cols, rows) = src (rows, cols) transposed; src rows lds apart, dst rows ldd apart; rows
- * and cols multiples of 16 where vectors do it, the rest one by one. */
-PT_CLONES static void transpose(float *dst, size_t ldd, const float *src, size_t lds, int rows,
-                                int cols) {
-  int r0 = 0;
-  for (; r0 + 16 <= rows; r0 += 16) {
-    const float *s = src + (size_t)r0 * lds;
-    int c0 = 0;
-    for (; c0 + 16 <= cols; c0 += 16) {
-      v16 r[16];
-      const float *q = s + c0; /* one pointer stepped along: 16 would not stay in registers */
-      for (int i = 0; i < 16; i++, q += lds) r[i] = LOAD16(q);
-      TRANSPOSE16(r);
-      float *d = dst + (size_t)c0 * ldd + r0;
-      for (int i = 0; i < 16; i++, d += ldd) STORE16(d, r[i]);
-    }
-    for (; c0 < cols; c0++)
-      for (int i = 0; i < 16; i++) dst[(size_t)c0 * ldd + r0 + i] = s[i * lds + c0];
-  }
-  for (; r0 < rows; r0++)
-    for (int c = 0; c < cols; c++) dst[(size_t)c * ldd + r0] = src[(size_t)r0 * lds + c];
 }
 
 /* X's slot for padded row y. */

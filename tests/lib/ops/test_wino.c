@@ -1,7 +1,8 @@
-/* Winograd F(2x2, 3x3) and F(2x2, 5x5) (lib/cpu/wino.c) against the im2col + OpenBLAS convolution
- * of conv.c, forward, input gradient and weights' gradient: the benchmark layers, odd image sizes
- * (half tiles at the edges), asymmetric and zero padding, batch 2, one input channel, with and
- * without bias and ReLU; repeated calls bit-identical; weights at another address picked up;
+/* Winograd F(2x2, 3x3), F(2x2, 5x5) and F(4x4, 3x3) (lib/cpu/wino.c) against the im2col +
+ * OpenBLAS convolution of conv.c, forward, input gradient and weights' gradient (F(4x4, 3x3):
+ * forward only, on the shapes whose channels are multiples of 16): the benchmark layers, odd image
+ * sizes (half tiles at the edges), asymmetric and zero padding, batch 2, one input channel, with
+ * and without bias and ReLU; repeated calls bit-identical; weights at another address picked up;
  * weights changed in place (told, and so recomputed); NaN input confined to the tiles whose input
  * block holds it, and passed on by the ReLU; shapes it refuses. */
 #include <math.h>
@@ -232,6 +233,7 @@ int main(void) {
       {shape(3, 1, 1, 3, 3, 16, 0, 0, 0, 0, true), true},     /* one output pixel */
       {shape(3, 1, 48, 8, 70, 32, 2, 0, 2, 1, true), false},  /* 35 tiles a row, pads of 2 */
       {shape(3, 2, 17, 9, 9, 80, 1, 1, 1, 1, true), true},    /* 32 + 32 + 16 channels */
+      {shape(3, 2, 32, 14, 10, 16, 0, 2, 1, 0, true), true},  /* batch 2, 16-channel vectors */
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     check_kernel(&cases[i].p, cases[i].relu, false, 1e-5);
