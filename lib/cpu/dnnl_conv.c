@@ -772,7 +772,10 @@ void pt_dnnl_conv_forward(pt_dnnl_conv *c, float *out, const float *in, const fl
 bool pt_dnnl_conv_link(pt_dnnl_conv *from, pt_dnnl_conv *to) {
   if (from == to || to->src_plan) return false;
   to->src_plan = from;
-  if (from->k_fwd || to->k_fwd || from->k4 || to->k4) return false; /* NCHW in and out */
+  /* consecutive F(4x4, 3x3) forwards in inference hand the tensor over pixel-major; otherwise
+   * Winograd plans read and write NCHW */
+  if (from->k4 && to->k4 && !from->train && !to->train) return pt_wino4_link(from->k4, to->k4);
+  if (from->k_fwd || to->k_fwd || from->k4 || to->k4) return false;
   if (from->train || to->train || !(from->ops & PT_DNNL_FORWARD) || !(to->ops & PT_DNNL_FORWARD) ||
       (from->bias_outside && from->p.has_bias))
     return false;

@@ -79,11 +79,12 @@ void pt_dnnl_conv_plan_free(pt_dnnl_conv *plan);
 /* Tells plan `to` that its forward input is plan `from`'s forward output (through a fused ReLU at
  * most), which nothing else reads or changes, and that each forward of to follows one of from:
  * to then trusts from's finiteness checks (PT_DNNL_RELU) instead of repeating them. Returns
- * whether the two also share that tensor in oneDNN's blocked layout, skipping the reorders to
- * NCHW and back: between inference plans whose forwards both run on oneDNN, from's output layout
- * being to's input layout and from adding no bias outside oneDNN. from's forward then leaves its
- * `out` unwritten and to's ignores its `in`. A plan is linked to at most one before it; from must
- * outlive to. */
+ * whether the two also share that tensor in another layout, skipping the conversions to NCHW and
+ * back: in oneDNN's blocked layout between inference plans whose forwards both run on oneDNN,
+ * from's output layout being to's input layout and from adding no bias outside oneDNN; or
+ * pixel-major between inference plans whose forwards both run on F(4x4, 3x3) (pt_wino4_link).
+ * from's forward then leaves its `out` unwritten and to's ignores its `in`. A plan is linked to at
+ * most one before it; from must outlive to. */
 bool pt_dnnl_conv_link(pt_dnnl_conv *from, pt_dnnl_conv *to);
 
 /* Drops an inference plan's blocked copy of the weights, for weights changed in place. */

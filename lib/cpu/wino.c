@@ -719,6 +719,10 @@ struct pt_wino4 {
   float *X, *U, *V, *M, *Y;
   const float *u_of; /* the weights U was made from; NULL when stale */
   size_t u_es, v_es, m_es;
+  /* linked (pt_wino4_link): the whole output, pixel-major, [N][OH][OW][OC], written instead of
+   * the caller's NCHW output; and the kernel whose such output is this one's input */
+  float *out_pm;
+  const pt_wino4 *src;
 };
 
 bool pt_wino4_fits(const pt_conv_params *p) {
@@ -757,6 +761,7 @@ nomem:
 
 void pt_wino4_free(pt_wino4 *w) {
   if (!w) return;
+  free(w->out_pm);
   free(w->X);
   free(w->U);
   free(w->V);
@@ -767,6 +772,16 @@ void pt_wino4_free(pt_wino4 *w) {
 
 void pt_wino4_weights_changed(pt_wino4 *w) {
   w->u_of = NULL;
+}
+
+bool pt_wino4_link(pt_wino4 *from, pt_wino4 *to) {
+  const pt_conv_params *f = &from->p, *t = &to->p;
+  if (from == to || from->out_pm || to->src || f->N != t->N || f->OC != t->C || f->OH != t->H ||
+      f->OW != t->W)
+    return false;
+  if (!(from->out_pm = alloc64((size_t)f->N * f->OH * f->OW * f->OC))) return false;
+  to->src = from;
+  return true;
 }
 
 /* G over three vectors: six. */
@@ -819,8 +834,9 @@ static float *x_row(const pt_wino4 *w, int y) {
   return w->X + (size_t)(y % X_RING) * w->Wp * w->p.C;
 }
 
-/* Padded row y (input row y - PT, zeros outside the image) of image img into X, pixel-major. */
-static void wino4_fill_row(pt_wino4 *w, const float *img, int y) {
+/* Padded row y (input row y - PT, zeros outside the image) of image n into X, pixel-major: from
+ * img (NCHW), or copied from the linked kernel's pixel-major output. */
+static void wino4_fill_row(pt_wino4 *w, const float *img, int n, int y) {
   const pt_conv_params *p = &w->p;
   const int C = p->C, iy = y - p->PT;
   float *x = x_row(w, y);
@@ -830,7 +846,11 @@ static void wino4_fill_row(pt_wino4 *w, const float *img, int y) {
   }
   const int cols = p->W < w->Wp - p->PL ? p->W : w->Wp - p->PL;
   memset(x, 0, sizeof(float) * (size_t)p->PL * C);
-  transpose(x + (size_t)p->PL * C, C, img + (size_t)iy * p->W, (size_t)p->H * p->W, C, cols);
+  if (w->src)
+    memcpy(x + (size_t)p->PL * C, w->src->out_pm + (((size_t)n * p->H + iy) * p->W) * C,
+           sizeof(float) * (size_t)cols * C);
+  else
+    transpose(x + (size_t)p->PL * C, C, img + (size_t)iy * p->W, (size_t)p->H * p->W, C, cols);
   memset(x + (size_t)(p->PL + cols) * C, 0, sizeof(float) * (size_t)(w->Wp - p->PL - cols) * C);
 }
 
@@ -891,8 +911,9 @@ PT_CLONES static void wino4_multiply(pt_wino4 *w) {
   }
 }
 
-/* The 4x4 outputs of every tile of row ty into Y, with bias and ReLU (NaN passed on). */
-PT_CLONES static void wino4_transform_output(pt_wino4 *w, const float *b, int ty) {
+/* The 4x4 outputs of every tile of row ty, with bias and ReLU (NaN passed on), pixel-major into
+ * rows: output row 4 ty + i at rows + i OW OC. */
+PT_CLONES static void wino4_transform_output(pt_wino4 *w, float *rows, const float *b, int ty) {
   const pt_conv_params *p = &w->p;
   const int OC = p->OC;
   for (int tx = 0; tx < w->TW; tx++)
@@ -917,7 +938,7 @@ PT_CLONES static void wino4_transform_output(pt_wino4 *w, const float *b, int ty
           if (ox >= p->OW) break;
           v16 y = r[j] + bias;
           if (w->relu) y = (v16)((v16i)y & ~(y < 0.0f)); /* NaN < 0 is false */
-          STORE16(w->Y + ((size_t)i * p->OW + ox) * OC + oc0, y);
+          STORE16(rows + ((size_t)i * p->OW + ox) * OC + oc0, y);
         }
       }
     }
@@ -931,10 +952,14 @@ void pt_wino4_forward(pt_wino4 *w, float *out, const float *in, const float *wt,
     const float *img = in + (size_t)n * C * p->H * p->W;
     float *o = out + (size_t)n * OC * p->OH * p->OW;
     for (int ty = 0; ty < w->TH; ty++) {
-      for (int y = ty ? 4 * ty + 2 : 0; y < 4 * ty + 6; y++) wino4_fill_row(w, img, y);
+      for (int y = ty ? 4 * ty + 2 : 0; y < 4 * ty + 6; y++) wino4_fill_row(w, img, n, y);
       wino4_transform_input(w, ty);
       wino4_multiply(w);
-      wino4_transform_output(w, b, ty);
+      if (w->out_pm) { /* the linked kernel reads it as it is */
+        wino4_transform_output(w, w->out_pm + ((size_t)n * p->OH + 4 * ty) * p->OW * OC, b, ty);
+        continue;
+      }
+      wino4_transform_output(w, w->Y, b, ty);
       for (int i = 0; i < 4 && 4 * ty + i < p->OH; i++)
         transpose(o + (size_t)(4 * ty + i) * p->OW, (size_t)p->OH * p->OW,
                   w->Y + (size_t)i * p->OW * OC, OC, p->OW, OC);

@@ -67,6 +67,12 @@ pt_wino4 *pt_wino4_create(const pt_conv_params *p, bool relu, pt_error *err);
 void pt_wino4_free(pt_wino4 *w);
 /* The weights handed to the next forward are new, even at the same address. */
 void pt_wino4_weights_changed(pt_wino4 *w);
+/* Tells kernel `to` that its input is kernel `from`'s output, which nothing else reads, and that
+ * each forward of to follows one of from. from then writes its output pixel-major into a buffer
+ * of its own instead of the caller's NCHW out, which it leaves untouched, and to reads it from
+ * there instead of its in, skipping two transposes. False (and nothing changed) where the shapes
+ * do not chain, either kernel is linked already, or memory runs out. */
+bool pt_wino4_link(pt_wino4 *from, pt_wino4 *to);
 /* out (N, OC, OH, OW), in (N, C, H, W), w (OC, C, 3, 3), b (OC) or NULL. */
 void pt_wino4_forward(pt_wino4 *w, float *out, const float *in, const float *wt, const float *b);
 

@@ -169,8 +169,8 @@ static tb *net_skip(void) {
   return b;
 }
 
-/* 3x3 layers on 1x16x32x32, which run on cpu/wino.c where they have 32 output channels: 16 -> 32
- * -> 32 -> 32 (no Relu, straight into the next) -> 32 -> 16 (direct) -> a 1x1 head of 10. */
+/* 3x3 layers on 1x16x32x32, whose forwards run on F(4x4, 3x3) (cpu/wino.c): 16 -> 32 -> 32 -> 32
+ * (no Relu, straight into the next) -> 32 -> 16 -> a 1x1 head of 10. */
 static tb *net_wino(void) {
   tb *b = tb_new(13);
   const int64_t xd[4] = {1, 16, 32, 32};
@@ -616,10 +616,10 @@ int main(void) {
       {"branches", net_branches, {6}, 1, false}, /* after conv2: r0 and c2 cross, skips too */
       {"skip", net_skip, {0}, 0, true},
       {"skip", net_skip, {5}, 1, true}, /* before the Add: r0 is read on both sides */
-      /* Winograd layers read and write NCHW, and no two direct ones follow each other: nothing
-       * to hand over */
-      {"wino 3x3", net_wino, {0}, 0, false, true},
-      {"wino 3x3", net_wino, {4}, 1, false, true}, /* after conv2, which feeds conv3 directly */
+      /* F(4x4, 3x3) forwards hand their output over pixel-major in inference */
+      {"wino 3x3", net_wino, {0}, 0, true, true},
+      {"wino 3x3", net_wino, {4}, 1, true, true}, /* after conv2, which feeds conv3 directly */
+      /* F(2x2, 5x5) reads and writes NCHW: nothing to hand over */
       {"wino 5x5", net_wino5, {0}, 0, false, true},
       {"wino 5x5", net_wino5, {3}, 1, false, true}, /* after conv1, which feeds conv2 directly */
   };

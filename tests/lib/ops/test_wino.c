@@ -211,6 +211,48 @@ static void check_backward(const pt_conv_params *p) {
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
 }
 
+/* Two F(4x4, 3x3) kernels linked (the first's output handed over pixel-major): the second's
+ * output bit-identical to the unlinked pair's, the first's NCHW output untouched; links that do
+ * not chain refused. */
+static void check_link(void) {
+  const pt_conv_params p1 = shape(3, 2, 16, 13, 18, 32, 1, 1, 1, 1, true),
+                       p2 = shape(3, 2, 32, 13, 18, 16, 1, 0, 2, 1, false);
+  pt_error err;
+  pt_wino4 *a = pt_wino4_create(&p1, true, &err), *b = pt_wino4_create(&p2, false, &err),
+           *la = pt_wino4_create(&p1, true, &err), *lb = pt_wino4_create(&p2, false, &err),
+           *other = pt_wino4_create(&p1, true, &err);
+  CHECK(a && b && la && lb && other, "link kernels: %s", err.msg);
+  if (!a || !b || !la || !lb || !other) return;
+  CHECK(!pt_wino4_link(la, other), "a link whose shapes do not chain (32 -> 16 channels) refused");
+  CHECK(pt_wino4_link(la, lb), "16 -> 32 -> 16 linked");
+  CHECK(!pt_wino4_link(la, lb) && !pt_wino4_link(other, lb), "a kernel linked twice refused");
+  const int64_t nx = (int64_t)p1.N * p1.C * p1.H * p1.W, nm = (int64_t)p1.N * p1.OC * p1.OH * p1.OW,
+                ny = (int64_t)p2.N * p2.OC * p2.OH * p2.OW;
+  float *x = random_f(nx), *w1 = random_f((int64_t)p1.OC * p1.C * 9), *b1 = random_f(p1.OC),
+        *w2 = random_f((int64_t)p2.OC * p2.C * 9);
+  float *mid = malloc(sizeof(float) * nm), *y = malloc(sizeof(float) * ny),
+        *lmid = malloc(sizeof(float) * nm), *ly = malloc(sizeof(float) * ny);
+  for (int64_t i = 0; i < nm; i++) lmid[i] = 1234.5f;
+  for (int rep = 0; rep < 2; rep++) { /* the second time, new weights in place */
+    pt_wino4_forward(a, mid, x, w1, b1);
+    pt_wino4_forward(b, y, mid, w2, NULL);
+    pt_wino4_forward(la, lmid, x, w1, b1);
+    pt_wino4_forward(lb, ly, lmid, w2, NULL);
+    CHECK(memcmp(y, ly, sizeof(float) * ny) == 0, "linked pair bit-identical to unlinked (%d)",
+          rep);
+    bool untouched = true;
+    for (int64_t i = 0; i < nm; i++) untouched = untouched && lmid[i] == 1234.5f;
+    CHECK(untouched, "the linked first kernel leaves its NCHW output alone (%d)", rep);
+    for (int64_t i = 0; i < (int64_t)p2.OC * p2.C * 9; i++) w2[i] *= -0.5f;
+    pt_wino4_weights_changed(b);
+    pt_wino4_weights_changed(lb);
+  }
+  float *all[] = {x, w1, b1, w2, mid, y, lmid, ly};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+  pt_wino4 *k[] = {a, b, la, lb, other};
+  for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) pt_wino4_free(k[i]);
+}
+
 int main(void) {
   pt_blas_init();
   const struct {
@@ -240,6 +282,7 @@ int main(void) {
     if (pt_wino4_fits(&cases[i].p)) check_kernel(&cases[i].p, cases[i].relu, true, 1e-5);
     check_backward(&cases[i].p);
   }
+  check_link();
   /* input gradients: only with input channels a multiple of 16 and pads of 0 to r - 1 */
   const pt_conv_params data_no[] = {
       shape(5, 1, 3, 64, 64, 32, 2, 2, 2, 2, true), shape(5, 1, 16, 20, 20, 16, 5, 2, 2, 2, true),
