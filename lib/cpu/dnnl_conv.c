@@ -35,6 +35,13 @@
 #include "dnnl_conv.h"
 #include "wino.h"
 
+/* Where F(2x2, r x r) beat direct convolution (pt_dnnl_conv_preferred's figures): 5x5 layers,
+ * and 3x3 ones with 32 output channels or more; with 16, F(2x2, 3x3) was no faster, so such a
+ * layer's gradients stay direct (its forward may still run on F(4x4, 3x3)). */
+static bool f2x2_suits(const pt_conv_params *p) {
+  return p->KH == 5 || p->OC >= 32;
+}
+
 #if PT_HAVE_DNNL
 
 #include <stdio.h>
@@ -527,9 +534,7 @@ pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, 
     if (!(c->k_fwd = pt_wino_create(p, c->relu, err))) goto fail;
     c->wino_ops |= PT_DNNL_FORWARD;
   }
-  /* the gradients of a 3x3 layer with 16 output channels stay direct: F(2x2, 3x3) was no faster
-   * there */
-  const bool wino_grads = c->winograd && (p->KH == 5 || p->OC >= 32);
+  const bool wino_grads = c->winograd && f2x2_suits(p);
   if (wino_grads && (c->ops & PT_DNNL_BACKWARD_DATA) && pt_wino_backward_data_fits(p)) {
     if (!(c->k_data = pt_wino_create_backward_data(p, err))) goto fail;
     c->wino_ops |= PT_DNNL_BACKWARD_DATA;
@@ -907,7 +912,7 @@ void pt_dnnl_conv_backward(pt_dnnl_conv *plan, float *din, float *dw, float *db,
  * (partime bench, against the build without it, three runs each) 1.0-1.9x on one stage and
  * 1.1-1.3x on two; its gradients stay on F(2x2, 3x3) or, with 16 output channels, direct. */
 static bool winograd_suits(const pt_conv_params *p) {
-  return pt_wino_fits(p) && p->C >= 16 && (p->KH == 5 || p->OC >= 32 || pt_wino4_fits(p)) &&
+  return pt_wino_fits(p) && p->C >= 16 && (f2x2_suits(p) || pt_wino4_fits(p)) &&
          (int64_t)p->OH * p->OW >= 32 * 32;
 }
 

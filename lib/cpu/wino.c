@@ -409,8 +409,8 @@ PT_CLONES static void transform_input_row(pt_wino *w, const float *img, int th) 
   FOR_SIZE(transform_input_row_n, w, img, th);
 }
 
-/* The products' register blocks: acc (8 rows by 32 or 16 columns) = a (8 x K, rows lda apart)
- * times b (K x 32 or 16, rows ldb apart). */
+/* The products' register blocks: acc (8 rows by 32 columns, or up to 8 rows by 16) = a (rows x
+ * K, rows lda apart) times b (K x 32 or 16, rows ldb apart). */
 INLINE void block_8x32(v16 acc[8][2], const float *a, size_t lda, const float *b, size_t ldb,
                        int K) {
   memset(acc, 0, sizeof(v16) * 16);
@@ -424,11 +424,13 @@ INLINE void block_8x32(v16 acc[8][2], const float *a, size_t lda, const float *b
   }
 }
 
-INLINE void block_8x16(v16 acc[8], const float *a, size_t lda, const float *b, size_t ldb, int K) {
-  memset(acc, 0, sizeof(v16) * 8);
+/* acc[i] (i < NR <= 8) = sum over k < K of a[i lda + k] times b[k ldb .. + 16]. */
+INLINE void block_rows_x16(v16 *acc, int NR, const float *a, size_t lda, const float *b, size_t ldb,
+                           int K) {
+  for (int i = 0; i < NR; i++) acc[i] = (v16){0};
   for (int k = 0; k < K; k++) {
-    const v16 b0 = LOAD16(b + (size_t)k * ldb);
-    for (int i = 0; i < 8; i++) acc[i] += a[(size_t)i * lda + k] * b0;
+    const v16 bk = LOAD16(b + (size_t)k * ldb);
+    for (int i = 0; i < NR; i++) acc[i] += a[(size_t)i * lda + k] * bk;
   }
 }
 
@@ -451,7 +453,7 @@ PT_CLONES static void multiply(pt_wino *w) {
       }
       for (; t0 < TWp; t0 += 16) {
         v16 acc[8];
-        block_8x16(acc, U + (size_t)oc0 * C, C, V + t0, TWp, C);
+        block_rows_x16(acc, 8, U + (size_t)oc0 * C, C, V + t0, TWp, C);
         for (int i = 0; i < 8; i++) STORE16(M + (size_t)(oc0 + i) * TWp + t0, acc[i]);
       }
     }
@@ -603,7 +605,7 @@ PT_CLONES static void accumulate_products(pt_wino *w) {
       }
       for (; oc0 < OC; oc0 += 16) {
         v16 acc[8];
-        block_8x16(acc, V + (size_t)c0 * TWp, TWp, Z + oc0, OC, TW);
+        block_rows_x16(acc, 8, V + (size_t)c0 * TWp, TWp, Z + oc0, OC, TW);
         for (int i = 0; i < 8; i++) {
           float *s0 = S + (size_t)(c0 + i) * OC + oc0;
           STORE16(s0, LOAD16(s0) + acc[i]);
@@ -878,16 +880,6 @@ PT_CLONES static void wino4_transform_input(pt_wino4 *w, int ty) {
     }
 }
 
-/* acc[i] (i < NT) = sum over k < K of a[i lda + k] times b[k ldb .. + 16]. */
-INLINE void block_tiles(v16 *acc, int NT, const float *a, size_t lda, const float *b, size_t ldb,
-                        int K) {
-  for (int i = 0; i < NT; i++) acc[i] = (v16){0};
-  for (int k = 0; k < K; k++) {
-    const v16 bk = LOAD16(b + (size_t)k * ldb);
-    for (int i = 0; i < NT; i++) acc[i] += a[(size_t)i * lda + k] * bk;
-  }
-}
-
 /* M[e][t][oc] = sum over c of V[e][t][c] U[e][c][oc]: 8 tiles by 16 output channels at a time. */
 PT_CLONES static void wino4_multiply(pt_wino4 *w) {
   const int C = w->p.C, OC = w->p.OC, TW = w->TW;
@@ -898,13 +890,13 @@ PT_CLONES static void wino4_multiply(pt_wino4 *w) {
       int t0 = 0;
       for (; t0 + 8 <= TW; t0 += 8) {
         v16 acc[8];
-        block_tiles(acc, 8, V + (size_t)t0 * C, C, U + oc0, OC, C);
+        block_rows_x16(acc, 8, V + (size_t)t0 * C, C, U + oc0, OC, C);
         for (int i = 0; i < 8; i++) STORE16(M + (size_t)(t0 + i) * OC + oc0, acc[i]);
       }
       if (t0 < TW) {
         v16 acc[8];
         const int nt = TW - t0;
-        block_tiles(acc, nt, V + (size_t)t0 * C, C, U + oc0, OC, C);
+        block_rows_x16(acc, nt, V + (size_t)t0 * C, C, U + oc0, OC, C);
         for (int i = 0; i < nt; i++) STORE16(M + (size_t)(t0 + i) * OC + oc0, acc[i]);
       }
     }
