@@ -710,7 +710,9 @@ void pt_wino_backward_data(pt_wino *w, float *din, const float *dout, const floa
  * pixel-major, is transposed back. Work goes one row of tiles at a time, as for F(2x2, r x r).
  * Layouts: X [8 (padded row mod 8)][Wp][C] (Wp = 4 TW + 2; a row of tiles reads padded rows 4 ty
  * to 4 ty + 5, of which the row before read the first 2), U [36][C][OC], V [36][TW][C] and
- * M [36][TW][OC] for one row of tiles, Y [4][OW][OC] its output rows. */
+ * M [36][TW][OC] for one row of tiles, Y [4][OW][OC] its output rows. A kernel linked to the
+ * next (pt_wino4_link) writes its output straight into the next kernel's padded layout instead of
+ * Y, and that one reads its rows there in place of X. */
 
 enum { X_RING = 8 };
 
@@ -721,10 +723,14 @@ struct pt_wino4 {
   float *X, *U, *V, *M, *Y;
   const float *u_of; /* the weights U was made from; NULL when stale */
   size_t u_es, v_es, m_es;
-  /* linked (pt_wino4_link): the whole output, pixel-major, [N][OH][OW][OC], written instead of
-   * the caller's NCHW output; and the kernel whose such output is this one's input */
+  /* linked (pt_wino4_link): the whole output, pixel-major and already padded as the next kernel
+   * reads it, [N][pm_rows][pm_cols][OC] with output pixel (y, x) at (y + pm_top, x + pm_left) and
+   * zeros around, written instead of the caller's NCHW output; and the kernel whose such output
+   * is this one's input, read in place (n: the image being read) */
   float *out_pm;
+  int pm_rows, pm_cols, pm_top, pm_left;
   const pt_wino4 *src;
+  int n;
 };
 
 bool pt_wino4_fits(const pt_conv_params *p) {
@@ -781,8 +787,19 @@ bool pt_wino4_link(pt_wino4 *from, pt_wino4 *to) {
   if (from == to || from->out_pm || to->src || f->N != t->N || f->OC != t->C || f->OH != t->H ||
       f->OW != t->W)
     return false;
-  if (!(from->out_pm = alloc64((size_t)f->N * f->OH * f->OW * f->OC))) return false;
+  /* to reads padded rows 0 to 4 TH + 1, Wp wide, with the image at (PT, PL) */
+  const int rows = 4 * to->TH + 2;
+  if (t->PT + t->H > rows || t->PL + t->W > to->Wp) return false;
+  const size_t n = (size_t)f->N * rows * to->Wp * f->OC;
+  if (!(from->out_pm = alloc64(n))) return false;
+  memset(from->out_pm, 0, n * sizeof(float)); /* the padding: never written after this */
+  from->pm_rows = rows;
+  from->pm_cols = to->Wp;
+  from->pm_top = t->PT;
+  from->pm_left = t->PL;
   to->src = from;
+  free(to->X); /* to reads from's rows in place */
+  to->X = NULL;
   return true;
 }
 
@@ -831,28 +848,25 @@ PT_CLONES static void wino4_transform_weights(pt_wino4 *w, const float *wt) {
   w->u_of = wt;
 }
 
-/* X's slot for padded row y. */
-static float *x_row(const pt_wino4 *w, int y) {
+/* Padded row y of the image being read: X's slot for it, or the row in the linked kernel's
+ * output. */
+static const float *x_row(const pt_wino4 *w, int y) {
+  if (w->src) return w->src->out_pm + ((size_t)w->n * w->src->pm_rows + y) * w->Wp * w->p.C;
   return w->X + (size_t)(y % X_RING) * w->Wp * w->p.C;
 }
 
-/* Padded row y (input row y - PT, zeros outside the image) of image n into X, pixel-major: from
- * img (NCHW), or copied from the linked kernel's pixel-major output. */
-static void wino4_fill_row(pt_wino4 *w, const float *img, int n, int y) {
+/* Padded row y (input row y - PT, zeros outside the image) of image n into X, pixel-major. */
+static void wino4_fill_row(pt_wino4 *w, const float *img, int y) {
   const pt_conv_params *p = &w->p;
   const int C = p->C, iy = y - p->PT;
-  float *x = x_row(w, y);
+  float *x = w->X + (size_t)(y % X_RING) * w->Wp * C;
   if (iy < 0 || iy >= p->H) {
     memset(x, 0, sizeof(float) * (size_t)w->Wp * C);
     return;
   }
   const int cols = p->W < w->Wp - p->PL ? p->W : w->Wp - p->PL;
   memset(x, 0, sizeof(float) * (size_t)p->PL * C);
-  if (w->src)
-    memcpy(x + (size_t)p->PL * C, w->src->out_pm + (((size_t)n * p->H + iy) * p->W) * C,
-           sizeof(float) * (size_t)cols * C);
-  else
-    transpose(x + (size_t)p->PL * C, C, img + (size_t)iy * p->W, (size_t)p->H * p->W, C, cols);
+  transpose(x + (size_t)p->PL * C, C, img + (size_t)iy * p->W, (size_t)p->H * p->W, C, cols);
   memset(x + (size_t)(p->PL + cols) * C, 0, sizeof(float) * (size_t)(w->Wp - p->PL - cols) * C);
 }
 
@@ -904,8 +918,9 @@ PT_CLONES static void wino4_multiply(pt_wino4 *w) {
 }
 
 /* The 4x4 outputs of every tile of row ty, with bias and ReLU (NaN passed on), pixel-major into
- * rows: output row 4 ty + i at rows + i OW OC. */
-PT_CLONES static void wino4_transform_output(pt_wino4 *w, float *rows, const float *b, int ty) {
+ * rows: output row 4 ty + i at rows + i stride. */
+PT_CLONES static void wino4_transform_output(pt_wino4 *w, float *rows, size_t stride,
+                                             const float *b, int ty) {
   const pt_conv_params *p = &w->p;
   const int OC = p->OC;
   for (int tx = 0; tx < w->TW; tx++)
@@ -930,7 +945,7 @@ PT_CLONES static void wino4_transform_output(pt_wino4 *w, float *rows, const flo
           if (ox >= p->OW) break;
           v16 y = r[j] + bias;
           if (w->relu) y = (v16)((v16i)y & ~(y < 0.0f)); /* NaN < 0 is false */
-          STORE16(rows + ((size_t)i * p->OW + ox) * OC + oc0, y);
+          STORE16(rows + (size_t)i * stride + (size_t)ox * OC + oc0, y);
         }
       }
     }
@@ -943,15 +958,21 @@ void pt_wino4_forward(pt_wino4 *w, float *out, const float *in, const float *wt,
   for (int n = 0; n < p->N; n++) {
     const float *img = in + (size_t)n * C * p->H * p->W;
     float *o = out + (size_t)n * OC * p->OH * p->OW;
+    w->n = n;
     for (int ty = 0; ty < w->TH; ty++) {
-      for (int y = ty ? 4 * ty + 2 : 0; y < 4 * ty + 6; y++) wino4_fill_row(w, img, n, y);
+      if (!w->src)
+        for (int y = ty ? 4 * ty + 2 : 0; y < 4 * ty + 6; y++) wino4_fill_row(w, img, y);
       wino4_transform_input(w, ty);
       wino4_multiply(w);
       if (w->out_pm) { /* the linked kernel reads it as it is */
-        wino4_transform_output(w, w->out_pm + ((size_t)n * p->OH + 4 * ty) * p->OW * OC, b, ty);
+        const size_t stride = (size_t)w->pm_cols * OC;
+        wino4_transform_output(w,
+                               w->out_pm + ((size_t)n * w->pm_rows + w->pm_top + 4 * ty) * stride +
+                                   (size_t)w->pm_left * OC,
+                               stride, b, ty);
         continue;
       }
-      wino4_transform_output(w, w->Y, b, ty);
+      wino4_transform_output(w, w->Y, (size_t)p->OW * OC, b, ty);
       for (int i = 0; i < 4 && 4 * ty + i < p->OH; i++)
         transpose(o + (size_t)(4 * ty + i) * p->OW, (size_t)p->OH * p->OW,
                   w->Y + (size_t)i * p->OW * OC, OC, p->OW, OC);

@@ -69,8 +69,9 @@ void pt_wino4_free(pt_wino4 *w);
 void pt_wino4_weights_changed(pt_wino4 *w);
 /* Tells kernel `to` that its input is kernel `from`'s output, which nothing else reads, and that
  * each forward of to follows one of from. from then writes its output pixel-major into a buffer
- * of its own instead of the caller's NCHW out, which it leaves untouched, and to reads it from
- * there instead of its in, skipping two transposes. False (and nothing changed) where the shapes
+ * of its own, laid out as to's zero-padded input rows, instead of the caller's NCHW out, which it
+ * leaves untouched; to reads those rows in place instead of its in, skipping two transposes and
+ * a copy. False (and nothing changed) where the shapes
  * do not chain, either kernel is linked already, or memory runs out. */
 bool pt_wino4_link(pt_wino4 *from, pt_wino4 *to);
 /* out (N, OC, OH, OW), in (N, C, H, W), w (OC, C, 3, 3), b (OC) or NULL. */
