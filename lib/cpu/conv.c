@@ -324,11 +324,16 @@ static int pt_convt_band(const pt_conv_params *p) {
   return pt_band_rows((int64_t)(p->OC / p->G) * p->KH * p->KW, p->H, p->W);
 }
 
-int64_t pt_conv2d_scratch(const pt_conv_params *p) {
-  if (pt_conv_depthwise(p)) return 0;
+static int64_t gemm_scratch(const pt_conv_params *p) {
   const int64_t K = (int64_t)(p->C / p->G) * p->KH * p->KW, OCg = p->OC / p->G;
   if (pt_conv_pointwise(p)) return K * OCg;
   return K * pt_conv_band(p) * p->OW + K * OCg; /* one band of columns, then dW^T */
+}
+
+int64_t pt_conv2d_scratch(const pt_conv_params *p) {
+  if (pt_conv_depthwise(p)) return 0;
+  const int64_t g = gemm_scratch(p), d = pt_direct_fits(p) ? pt_direct_scratch(p) : 0;
+  return g > d ? g : d;
 }
 
 /* out (N, OC, OH, OW), in (N, C, H, W), w (OC, C/G, KH, KW), b (OC) or NULL. */
@@ -344,6 +349,9 @@ void pt_conv2d_forward(float *out, const float *in, const float *w, const float 
         pt_dw_plane_forward(out + ((int64_t)n * p->OC + oc) * P,
                             in + ((int64_t)n * p->C + oc / OCg) * HW,
                             w + (int64_t)oc * p->KH * p->KW, p);
+  } else if (pt_direct_fits(p)) {
+    pt_direct_forward(out, in, w, b, p, false, scratch);
+    return;
   } else if (pt_conv_pointwise(p)) {
     for (int n = 0; n < p->N; n++)
       for (int g = 0; g < G; g++)

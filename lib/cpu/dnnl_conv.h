@@ -4,9 +4,11 @@
  * and stream, the primitives (forward; with `train` also backward data and backward weights), the
  * reorders between the caller's NCHW / ONNX weight layouts and oneDNN's, the blocked buffers and a
  * scratchpad. Each of the three computations runs on oneDNN or, where oneDNN is slower for the
- * shape (few channels, which its kernels pad to a block of 16), on conv.c, with scratch the plan
- * holds. Running a plan allocates nothing, and plans share no state, so two executors (or two
- * streams) in one process are independent and may run at once on different threads.
+ * shape (few channels, which its kernels pad to a block of 16), on conv.c, cpu/wino.c (3x3 and
+ * 5x5 Winograd) or cpu/direct.c (the forward of layers of few taps), with scratch the plan holds.
+ * Those run without allocating; a oneDNN primitive execution builds its argument map on the heap
+ * inside oneDNN. Plans share no state, so two executors (or two streams) in one process are
+ * independent and may run at once on different threads.
  *
  * The functions compute exactly what pt_conv2d_* / pt_conv_transpose2d_* in ops.h compute, with
  * the same arguments and the same accumulate rule: forward overwrites out; backward adds into din,

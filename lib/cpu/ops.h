@@ -149,6 +149,15 @@ typedef union pt_op_params {
   pt_resize_params resize;
 } pt_op_params;
 
+/* direct.c: the forward of stride-1 convolutions summing over at most PT_DIRECT_MAX_TAPS taps
+ * (C x KH x KW, one group), which conv.c's forward runs there (bias added, then with relu the
+ * ReLU, NaN passed on; out overwritten) */
+enum { PT_DIRECT_MAX_TAPS = 80 };
+bool pt_direct_fits(const pt_conv_params *p);
+int64_t pt_direct_scratch(const pt_conv_params *p);
+void pt_direct_forward(float *out, const float *in, const float *w, const float *b,
+                       const pt_conv_params *p, bool relu, float *scratch);
+
 /* conv.c */
 int64_t pt_conv2d_scratch(const pt_conv_params *p); /* floats of scratch forward/backward need */
 void pt_conv2d_forward(float *out, const float *in, const float *w, const float *b,

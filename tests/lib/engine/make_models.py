@@ -6,6 +6,9 @@ convnet.onnx    a 12-node conv net on 1x3x16x16 with a 10-way head.
 convnet_split.onnx  the same with its last convolution written as two halves and a Concat.
 three.onnx      three equally heavy conv-relu layers.
 residual.onnx   conv blocks whose skip connections cross any cut between them.
+smallnet.onnx   conv 3->16, four conv 16->16 (3x3, each with a ReLU) and a 1x1 head to 10 on
+                1x3x32x32: the layer kinds of bench/make_models.py's `small` (a direct first
+                layer, F(4x4, 3x3) layers handing over pixel-major, a direct head).
 """
 import sys
 import numpy as np
@@ -125,3 +128,18 @@ nodes.append(helper.make_node("Conv", [prev, "head.w", "head.b"], ["y"], name="h
 g = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 12, 12])], inits)
 save(g, "residual.onnx")
+
+# smallnet: `small`'s kinds of layer, for the no-allocation test with the default kernels
+nodes, inits = [], []
+prev = "x"
+for i, c in enumerate([3, 16, 16, 16, 16]):
+    inits += [init(f"s{i}.w", conv_w(16, c, 3)), init(f"s{i}.b", rng.uniform(-0.1, 0.1, 16))]
+    nodes.append(helper.make_node("Conv", [prev, f"s{i}.w", f"s{i}.b"], [f"s{i}"], name=f"conv{i}",
+                                  kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    nodes.append(helper.make_node("Relu", [f"s{i}"], [f"r{i}"], name=f"relu{i}"))
+    prev = f"r{i}"
+inits += [init("head.w", conv_w(10, 16, 1)), init("head.b", np.zeros(10))]
+nodes.append(helper.make_node("Conv", [prev, "head.w", "head.b"], ["y"], name="head", kernel_shape=[1, 1]))
+g = helper.make_graph(nodes, "smallnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10, 32, 32])], inits)
+save(g, "smallnet.onnx")

@@ -12,38 +12,19 @@
 #include <string.h>
 #include "cpu/ops.h"
 #include "cpu/wino.h"
+#include "conv_test.h"
 #include "pt_test.h"
 
 static unsigned long long seed = 0x853c49e6748fea9bULL;
 
 static float *random_f(int64_t n) {
-  float *x = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
-  for (int64_t i = 0; i < n; i++) x[i] = pt_test_uniform(&seed, -1.0f, 1.0f);
-  return x;
+  return conv_test_random(&seed, n);
 }
 
+/* A K x K layer (conv_test.h's argument order otherwise). */
 static pt_conv_params shape(int K, int N, int C, int H, int W, int OC, int pt, int pl, int pb,
                             int pr, bool bias) {
-  pt_conv_params p = {.N = N,
-                      .C = C,
-                      .H = H,
-                      .W = W,
-                      .OC = OC,
-                      .KH = K,
-                      .KW = K,
-                      .SH = 1,
-                      .SW = 1,
-                      .DH = 1,
-                      .DW = 1,
-                      .PT = pt,
-                      .PL = pl,
-                      .PB = pb,
-                      .PR = pr,
-                      .G = 1,
-                      .has_bias = bias};
-  p.OH = H + pt + pb - K + 1;
-  p.OW = W + pl + pr - K + 1;
-  return p;
+  return conv_test_shape(N, C, H, W, OC, K, K, pt, pl, pb, pr, bias);
 }
 
 static void reference(float *y, const float *x, const float *w, const float *b,
