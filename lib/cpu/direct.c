@@ -96,11 +96,11 @@ void pt_direct_forward(float *out, const float *in, const float *w, const float 
                    relu, p);
     return;
   }
-  const int rows = H < Hp - p->PT ? H : Hp - p->PT; /* input rows a window reaches */
+  /* Hp = H + PT + PB and Wp >= W + PL + PR: the whole image fits */
   for (int n = 0; n < p->N; n++) {
     memset(pad, 0, sizeof(float) * (size_t)C * Hp * Wp);
     for (int c = 0; c < C; c++)
-      for (int iy = 0; iy < rows; iy++)
+      for (int iy = 0; iy < H; iy++)
         memcpy(pad + ((size_t)c * Hp + iy + p->PT) * Wp + p->PL,
                in + (((size_t)n * C + c) * H + iy) * W, sizeof(float) * (size_t)W);
     direct_image(out + (size_t)n * OC * p->OH * p->OW, pad, Hp, Wp, wt, bias, relu, p);

@@ -726,11 +726,10 @@ struct pt_wino4 {
   /* linked (pt_wino4_link): the whole output, pixel-major and already padded as the next kernel
    * reads it, [N][pm_rows][pm_cols][OC] with output pixel (y, x) at (y + pm_top, x + pm_left) and
    * zeros around, written instead of the caller's NCHW output; and the kernel whose such output
-   * is this one's input, read in place (n: the image being read) */
+   * is this one's input, read in place */
   float *out_pm;
   int pm_rows, pm_cols, pm_top, pm_left;
   const pt_wino4 *src;
-  int n;
 };
 
 bool pt_wino4_fits(const pt_conv_params *p) {
@@ -848,18 +847,22 @@ PT_CLONES static void wino4_transform_weights(pt_wino4 *w, const float *wt) {
   w->u_of = wt;
 }
 
-/* Padded row y of the image being read: X's slot for it, or the row in the linked kernel's
- * output. */
-static const float *x_row(const pt_wino4 *w, int y) {
-  if (w->src) return w->src->out_pm + ((size_t)w->n * w->src->pm_rows + y) * w->Wp * w->p.C;
+/* X's slot for padded row y. */
+static float *x_slot(const pt_wino4 *w, int y) {
   return w->X + (size_t)(y % X_RING) * w->Wp * w->p.C;
 }
 
-/* Padded row y (input row y - PT, zeros outside the image) of image n into X, pixel-major. */
+/* Padded row y of image n: X's slot for it, or the row in the linked kernel's output. */
+static const float *x_row(const pt_wino4 *w, int n, int y) {
+  if (w->src) return w->src->out_pm + ((size_t)n * w->src->pm_rows + y) * w->Wp * w->p.C;
+  return x_slot(w, y);
+}
+
+/* Padded row y (input row y - PT, zeros outside the image) of image img into X, pixel-major. */
 static void wino4_fill_row(pt_wino4 *w, const float *img, int y) {
   const pt_conv_params *p = &w->p;
   const int C = p->C, iy = y - p->PT;
-  float *x = w->X + (size_t)(y % X_RING) * w->Wp * C;
+  float *x = x_slot(w, y);
   if (iy < 0 || iy >= p->H) {
     memset(x, 0, sizeof(float) * (size_t)w->Wp * C);
     return;
@@ -871,10 +874,10 @@ static void wino4_fill_row(pt_wino4 *w, const float *img, int y) {
 }
 
 /* V for tile row ty: each tile's 6x6 block of X, 16 channels at a time. */
-PT_CLONES static void wino4_transform_input(pt_wino4 *w, int ty) {
+PT_CLONES static void wino4_transform_input(pt_wino4 *w, int n, int ty) {
   const int C = w->p.C;
   const float *rows[6];
-  for (int i = 0; i < 6; i++) rows[i] = x_row(w, 4 * ty + i);
+  for (int i = 0; i < 6; i++) rows[i] = x_row(w, n, 4 * ty + i);
   for (int tx = 0; tx < w->TW; tx++)
     for (int c0 = 0; c0 < C; c0 += 16) {
       const size_t at = (size_t)4 * tx * C + c0;
@@ -958,11 +961,10 @@ void pt_wino4_forward(pt_wino4 *w, float *out, const float *in, const float *wt,
   for (int n = 0; n < p->N; n++) {
     const float *img = in + (size_t)n * C * p->H * p->W;
     float *o = out + (size_t)n * OC * p->OH * p->OW;
-    w->n = n;
     for (int ty = 0; ty < w->TH; ty++) {
       if (!w->src)
         for (int y = ty ? 4 * ty + 2 : 0; y < 4 * ty + 6; y++) wino4_fill_row(w, img, y);
-      wino4_transform_input(w, ty);
+      wino4_transform_input(w, n, ty);
       wino4_multiply(w);
       if (w->out_pm) { /* the linked kernel reads it as it is */
         const size_t stride = (size_t)w->pm_cols * OC;
