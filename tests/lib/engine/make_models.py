@@ -96,15 +96,23 @@ def convnet(split_last):
 save(convnet(False), "convnet.onnx")
 save(convnet(True), "convnet_split.onnx")
 
+def conv_relu_chain(conv, relu, channels_in, oc):
+    """3x3 conv (pads 1, bias) + relu layers from input x, one per entry of channels_in (its
+    input channels) to oc channels: conv i writes f"{conv}{i}", relu i f"{relu}{i}", the weights
+    f"{conv}{i}.w" and .b. Returns the nodes, the initializers and the last output's name."""
+    nodes, inits = [], []
+    prev = "x"
+    for i, c in enumerate(channels_in):
+        inits += [init(f"{conv}{i}.w", conv_w(oc, c, 3)), init(f"{conv}{i}.b", rng.uniform(-0.1, 0.1, oc))]
+        nodes.append(helper.make_node("Conv", [prev, f"{conv}{i}.w", f"{conv}{i}.b"], [f"{conv}{i}"],
+                                      name=f"conv{i}", kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"{conv}{i}"], [f"{relu}{i}"], name=f"relu{i}"))
+        prev = f"{relu}{i}"
+    return nodes, inits, prev
+
+
 # three: three equally heavy conv-relu layers, which two whole-layer stages cannot balance
-nodes, inits = [], []
-prev = "x"
-for i in range(3):
-    inits += [init(f"t{i}.w", conv_w(32, 32, 3)), init(f"t{i}.b", rng.uniform(-0.1, 0.1, 32))]
-    nodes.append(helper.make_node("Conv", [prev, f"t{i}.w", f"t{i}.b"], [f"t{i}"], name=f"conv{i}",
-                                  kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
-    nodes.append(helper.make_node("Relu", [f"t{i}"], [f"u{i}"], name=f"relu{i}"))
-    prev = f"u{i}"
+nodes, inits, prev = conv_relu_chain("t", "u", [32, 32, 32], 32)
 g = helper.make_graph(nodes, "three", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 24, 24])],
                       [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 32, 24, 24])], inits)
 save(g, "three.onnx")
@@ -130,14 +138,7 @@ g = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info("x", Ten
 save(g, "residual.onnx")
 
 # smallnet: `small`'s kinds of layer, for the no-allocation test with the default kernels
-nodes, inits = [], []
-prev = "x"
-for i, c in enumerate([3, 16, 16, 16, 16]):
-    inits += [init(f"s{i}.w", conv_w(16, c, 3)), init(f"s{i}.b", rng.uniform(-0.1, 0.1, 16))]
-    nodes.append(helper.make_node("Conv", [prev, f"s{i}.w", f"s{i}.b"], [f"s{i}"], name=f"conv{i}",
-                                  kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
-    nodes.append(helper.make_node("Relu", [f"s{i}"], [f"r{i}"], name=f"relu{i}"))
-    prev = f"r{i}"
+nodes, inits, prev = conv_relu_chain("s", "r", [3, 16, 16, 16, 16], 16)
 inits += [init("head.w", conv_w(10, 16, 1)), init("head.b", np.zeros(10))]
 nodes.append(helper.make_node("Conv", [prev, "head.w", "head.b"], ["y"], name="head", kernel_shape=[1, 1]))
 g = helper.make_graph(nodes, "smallnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
