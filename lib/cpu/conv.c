@@ -332,8 +332,10 @@ static int64_t gemm_scratch(const pt_conv_params *p) {
 
 int64_t pt_conv2d_scratch(const pt_conv_params *p) {
   if (pt_conv_depthwise(p)) return 0;
-  const int64_t g = gemm_scratch(p), d = pt_direct_fits(p) ? pt_direct_scratch(p) : 0;
-  return g > d ? g : d;
+  const int64_t g = gemm_scratch(p), d = pt_direct_fits(p) ? pt_direct_scratch(p) : 0,
+                dg = pt_direct_grad_fits(p) ? pt_direct_grad_scratch(p) : 0;
+  const int64_t m = g > d ? g : d;
+  return m > dg ? m : dg;
 }
 
 /* out (N, OC, OH, OW), in (N, C, H, W), w (OC, C/G, KH, KW), b (OC) or NULL. */
@@ -397,6 +399,12 @@ void pt_conv2d_backward(float *din, float *dw, float *db, const float *dout, con
                              p);
       }
     return;
+  }
+  if (pt_direct_grad_fits(p)) {
+    if (dw) pt_direct_backward_weights(dw, dout, in, p, scratch);
+    if (din && pt_direct_data_suits(p)) pt_direct_backward_data(din, dout, w, p, scratch);
+    if (!din || pt_direct_data_suits(p)) return;
+    dw = NULL;
   }
 
   const bool pointwise = pt_conv_pointwise(p);

@@ -949,9 +949,13 @@ unsigned pt_dnnl_conv_preferred(const pt_conv_params *p, bool transpose) {
   }
   const bool pointwise = p->KH == 1 && p->KW == 1 && p->SH == 1 && p->SW == 1 && p->PT == 0 &&
                          p->PL == 0 && p->PB == 0 && p->PR == 0;
-  if (OCg % 16 == 0) ops |= PT_DNNL_BACKWARD_WEIGHTS;
+  /* gradients cpu/wino.c does not take, where cpu/direct.c runs them (through conv.c) */
+  const bool wino_grads = winograd_suits(p) && f2x2_suits(p);
+  const bool direct_w = !wino_grads && pt_direct_grad_fits(p);
+  const bool direct_d = !wino_grads && pt_direct_data_suits(p);
+  if (OCg % 16 == 0 && !direct_w) ops |= PT_DNNL_BACKWARD_WEIGHTS;
   if (OCg % 16 == 0 && !pointwise) ops |= PT_DNNL_FORWARD;
-  if (Cg % 16 == 0 && !pointwise) ops |= PT_DNNL_BACKWARD_DATA;
+  if (Cg % 16 == 0 && !pointwise && !direct_d) ops |= PT_DNNL_BACKWARD_DATA;
   if (winograd_suits(p)) ops |= PT_DNNL_WINOGRAD;
   return ops;
 }

@@ -157,6 +157,17 @@ bool pt_direct_fits(const pt_conv_params *p);
 int64_t pt_direct_scratch(const pt_conv_params *p);
 void pt_direct_forward(float *out, const float *in, const float *w, const float *b,
                        const pt_conv_params *p, bool relu, float *scratch);
+/* direct.c: the gradients of stride-1 convolutions of one group, no dilation and padding under the
+ * kernel size, any number of taps: din += and dw += (the accumulate rule). conv.c's backward runs
+ * the weights' gradient there wherever it fits, and the input gradient where it also suits (16
+ * input channels or more: its vectors hold 16 of them) */
+bool pt_direct_grad_fits(const pt_conv_params *p);
+bool pt_direct_data_suits(const pt_conv_params *p);
+int64_t pt_direct_grad_scratch(const pt_conv_params *p);
+void pt_direct_backward_data(float *din, const float *dout, const float *w,
+                             const pt_conv_params *p, float *scratch);
+void pt_direct_backward_weights(float *dw, const float *dout, const float *in,
+                                const pt_conv_params *p, float *scratch);
 
 /* conv.c */
 int64_t pt_conv2d_scratch(const pt_conv_params *p); /* floats of scratch forward/backward need */

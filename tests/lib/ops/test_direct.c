@@ -4,7 +4,14 @@
  * a partial last vector (1 to 33 columns), output channels in and past blocks of 16, batch 2,
  * with and without bias; with the ReLU folded in (NaN passed on); the scratch it asks for is all
  * it writes; conv.c's forward and the executor's plan (its ReLU folded) take this path for such
- * layers; the shapes it refuses. */
+ * layers; the shapes it refuses.
+ *
+ * Its gradients likewise, against the sums written out in double: the input's and the weights',
+ * added into what the gradients held (the accumulate rule), on the same kinds of layer and on
+ * 16-channel 3x3 layers, taps in one block or several, one or two blocks of 16 output channels
+ * at once, partial blocks of input and output channels, 1x1 layers (their own weights' kernel)
+ * with a partial last vector of pixels; conv.c's backward runs them; the executor's rule leaves
+ * them off oneDNN. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -81,16 +88,116 @@ static void check(const pt_conv_params *p, const char *what) {
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
 }
 
+/* The gradients in double, and beside each the sum of its terms' magnitudes (the error's scale). */
+static void reference_grads(double *dx, double *sx, double *dw, double *sw, const float *x,
+                            const float *w, const float *dy, const pt_conv_params *p) {
+  for (int n = 0; n < p->N; n++)
+    for (int oc = 0; oc < p->OC; oc++)
+      for (int oy = 0; oy < p->OH; oy++)
+        for (int ox = 0; ox < p->OW; ox++) {
+          const double g = dy[(((size_t)n * p->OC + oc) * p->OH + oy) * p->OW + ox];
+          for (int c = 0; c < p->C; c++)
+            for (int kh = 0; kh < p->KH; kh++)
+              for (int kw = 0; kw < p->KW; kw++) {
+                const int iy = oy + kh - p->PT, ix = ox + kw - p->PL;
+                if (iy < 0 || iy >= p->H || ix < 0 || ix >= p->W) continue;
+                const size_t xi = (((size_t)n * p->C + c) * p->H + iy) * p->W + ix,
+                             wi = (((size_t)oc * p->C + c) * p->KH + kh) * p->KW + kw;
+                dx[xi] += g * w[wi], sx[xi] += fabs(g * w[wi]);
+                dw[wi] += g * x[xi], sw[wi] += fabs(g * x[xi]);
+              }
+        }
+}
+
+/* got (which started as start) against start + want, each error within a few float roundings of
+ * its terms' magnitudes. */
+static bool grad_ok(const float *got, const float *start, const double *want, const double *scale,
+                    int64_t n, const char *what, const char *which) {
+  double worst = 0;
+  for (int64_t i = 0; i < n; i++) {
+    const double e = fabs((double)got[i] - (start[i] + want[i])) / (1e-5 * scale[i] + 1e-6);
+    if (!(e <= worst)) worst = isnan(e) ? INFINITY : e;
+  }
+  CHECK(worst <= 1, "%s: %s off by %.3g of its bound", what, which, worst);
+  return worst <= 1;
+}
+
+static void check_grads(const pt_conv_params *p, const char *what) {
+  const bool data = pt_direct_data_suits(p);
+  CHECK(pt_direct_grad_fits(p), "%s: gradients fit", what);
+  const int64_t nx = (int64_t)p->N * p->C * p->H * p->W, nw = (int64_t)p->OC * p->C * p->KH * p->KW,
+                ny = (int64_t)p->N * p->OC * p->OH * p->OW, ns = pt_direct_grad_scratch(p);
+  float *x = random_f(nx), *w = random_f(nw), *dy = random_f(ny);
+  float *dx0 = random_f(nx), *dw0 = random_f(nw); /* what the gradients held before */
+  float *dx = malloc(sizeof(float) * nx), *dw = malloc(sizeof(float) * nw);
+  double *rdx = calloc(nx, sizeof(double)), *sdx = calloc(nx, sizeof(double)),
+         *rdw = calloc(nw, sizeof(double)), *sdw = calloc(nw, sizeof(double));
+  float *scratch = malloc(sizeof(float) * (size_t)(ns + 64));
+  for (int i = 0; i < 64; i++) scratch[ns + i] = 1234.5f;
+  reference_grads(rdx, sdx, rdw, sdw, x, w, dy, p);
+  memcpy(dw, dw0, sizeof(float) * nw);
+  pt_direct_backward_weights(dw, dy, x, p, scratch);
+  grad_ok(dw, dw0, rdw, sdw, nw, what, "weights' gradient");
+  if (data) {
+    memcpy(dx, dx0, sizeof(float) * nx);
+    pt_direct_backward_data(dx, dy, w, p, scratch);
+    grad_ok(dx, dx0, rdx, sdx, nx, what, "input gradient");
+  }
+  bool canary = true;
+  for (int i = 0; i < 64; i++) canary = canary && scratch[ns + i] == 1234.5f;
+  CHECK(canary, "%s: gradients write nothing past their %lld floats of scratch", what,
+        (long long)ns);
+  /* conv.c's backward: the weights' gradient here, the input's here where it suits */
+  float *cdx = malloc(sizeof(float) * nx), *cdw = malloc(sizeof(float) * nw);
+  float *cs = malloc(sizeof(float) * (size_t)pt_conv2d_scratch(p));
+  memcpy(cdx, dx0, sizeof(float) * nx);
+  memcpy(cdw, dw0, sizeof(float) * nw);
+  pt_conv2d_backward(cdx, cdw, NULL, dy, x, w, p, cs);
+  CHECK(memcmp(cdw, dw, sizeof(float) * (size_t)nw) == 0,
+        "%s: conv.c's backward runs the weights' gradient (bit-identical)", what);
+  if (data)
+    CHECK(memcmp(cdx, dx, sizeof(float) * (size_t)nx) == 0,
+          "%s: conv.c's backward runs the input gradient (bit-identical)", what);
+  else
+    grad_ok(cdx, dx0, rdx, sdx, nx, what, "conv.c's input gradient");
+  float *all[] = {x, w, dy, dx0, dw0, dx, dw, scratch, cdx, cdw, cs};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+  double *alld[] = {rdx, sdx, rdw, sdw};
+  for (size_t i = 0; i < sizeof alld / sizeof alld[0]; i++) free(alld[i]);
+}
+
+/* base with stride 2, with dilation 2, and with two groups: no[0..2], which no kernel here
+ * takes. */
+static void unfit(pt_conv_params no[3], pt_conv_params base) {
+  for (int i = 0; i < 3; i++) no[i] = base;
+  no[0].SH = no[0].SW = 2;
+  no[1].DH = no[1].DW = 2;
+  no[2].G = 2;
+  for (int i = 0; i < 2; i++) {
+    no[i].OH = (base.H + base.PT + base.PB - no[i].DH * (base.KH - 1) - 1) / no[i].SH + 1;
+    no[i].OW = (base.W + base.PL + base.PR - no[i].DW * (base.KW - 1) - 1) / no[i].SW + 1;
+  }
+}
+
+typedef struct named {
+  pt_conv_params p;
+  const char *what;
+} named;
+
 int main(void) {
-  const struct {
-    pt_conv_params p;
-    const char *what;
-  } cases[] = {
+  /* the layers of the benchmark networks this file's kernels run: forward and gradients */
+  const named nets[] = {
       {conv_test_shape(1, 3, 32, 32, 16, 3, 3, 1, 1, 1, 1, true), "small's first layer"},
       {conv_test_shape(1, 3, 64, 64, 32, 5, 5, 2, 2, 2, 2, true), "large's first layer"},
       {conv_test_shape(1, 3, 64, 64, 32, 3, 3, 1, 1, 1, 1, true), "residual's first layer"},
       {conv_test_shape(1, 16, 32, 32, 10, 1, 1, 0, 0, 0, 0, true), "small's head (read in place)"},
       {conv_test_shape(1, 32, 64, 64, 10, 1, 1, 0, 0, 0, 0, true), "large's head (read in place)"},
+  };
+  for (size_t i = 0; i < sizeof nets / sizeof nets[0]; i++) {
+    check(&nets[i].p, nets[i].what);
+    check_grads(&nets[i].p, nets[i].what);
+  }
+  const named cases[] = {
       {conv_test_shape(1, 3, 20, 32, 16, 3, 3, 0, 0, 0, 0, false), "no padding, 30 columns"},
       {conv_test_shape(1, 2, 12, 34, 20, 3, 3, 0, 0, 0, 0, true),
        "no padding, 32 columns: in place"},
@@ -129,14 +236,47 @@ int main(void) {
     pt_dnnl_conv_plan_free(plan);
   }
 
-  pt_conv_params no[] = {conv_test_shape(1, 3, 16, 16, 16, 3, 3, 1, 1, 1, 1, true),
-                         conv_test_shape(1, 3, 16, 16, 16, 3, 3, 1, 1, 1, 1, true),
-                         conv_test_shape(1, 4, 16, 16, 16, 3, 3, 1, 1, 1, 1, true),
-                         conv_test_shape(1, 9, 16, 16, 16, 3, 3, 1, 1, 1, 1, true)};
-  no[0].SH = no[0].SW = 2, no[0].OH = no[0].OW = 8;  /* stride 2 */
-  no[1].DH = no[1].DW = 2, no[1].OH = no[1].OW = 14; /* dilation 2 */
-  no[2].G = 2;                                       /* groups */
-  for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
+  const named grads[] = {
+      {conv_test_shape(1, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1, true), "small's 16->16 3x3"},
+      {conv_test_shape(2, 17, 9, 13, 33, 3, 5, 2, 0, 1, 3, true),
+       "3x5, asymmetric pads, batch 2, 17 -> 33 ch"},
+      {conv_test_shape(1, 32, 12, 7, 40, 5, 5, 2, 2, 2, 2, false),
+       "5x5 32 -> 40 ch on 12x7: taps in 6 blocks, channel blocks 2 + 1"},
+      {conv_test_shape(1, 16, 5, 5, 16, 5, 5, 0, 0, 0, 0, true), "one output pixel"},
+      {conv_test_shape(1, 24, 11, 19, 1, 3, 3, 1, 1, 1, 1, true), "one output channel"},
+      {conv_test_shape(2, 7, 5, 7, 3, 1, 1, 0, 0, 0, 0, true),
+       "1x1 7 -> 3 ch on 5x7 (35 pixels), batch 2"},
+      {conv_test_shape(1, 17, 9, 16, 11, 1, 1, 0, 0, 0, 0, false), "1x1 17 -> 11 ch on 9x16"},
+  };
+  for (size_t i = 0; i < sizeof grads / sizeof grads[0]; i++)
+    check_grads(&grads[i].p, grads[i].what);
+  /* the executor's rule: those gradients stay off oneDNN, where cpu/wino.c does not take them */
+  if (pt_dnnl_available()) {
+    const pt_conv_params first = conv_test_shape(1, 3, 32, 32, 16, 3, 3, 1, 1, 1, 1, true),
+                         mid = conv_test_shape(1, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1, true),
+                         wide = conv_test_shape(1, 32, 64, 64, 32, 3, 3, 1, 1, 1, 1, true);
+    const unsigned grad_ops = PT_DNNL_BACKWARD_DATA | PT_DNNL_BACKWARD_WEIGHTS;
+    CHECK(!(pt_dnnl_conv_preferred(&first, false) & grad_ops), "first layer's gradients: direct");
+    CHECK(!(pt_dnnl_conv_preferred(&mid, false) & grad_ops), "16->16 3x3 gradients: direct");
+    CHECK((pt_dnnl_conv_preferred(&wide, false) & grad_ops) == grad_ops,
+          "32->32 3x3 gradients: left to the plan (Winograd)");
+  }
+  pt_conv_params nog[4];
+  unfit(nog, conv_test_shape(1, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, true));
+  nog[3] = conv_test_shape(1, 16, 16, 16, 16, 3, 3, 3, 1, 1, 1, true);
+  for (size_t i = 0; i < 4; i++)
+    CHECK(!pt_direct_grad_fits(&nog[i]),
+          "gradients of shape %zu (stride 2, dilation 2, groups, a pad of the kernel's size) "
+          "refused",
+          i);
+  const pt_conv_params c15 = conv_test_shape(1, 15, 8, 8, 16, 3, 3, 1, 1, 1, 1, true);
+  CHECK(pt_direct_grad_fits(&c15) && !pt_direct_data_suits(&c15),
+        "15 input channels: the weights' gradient only");
+
+  pt_conv_params no[4];
+  unfit(no, conv_test_shape(1, 3, 16, 16, 16, 3, 3, 1, 1, 1, 1, true));
+  no[3] = conv_test_shape(1, 9, 16, 16, 16, 3, 3, 1, 1, 1, 1, true);
+  for (size_t i = 0; i < 4; i++)
     CHECK(!pt_direct_fits(&no[i]), "shape %zu (stride 2, dilation 2, groups, 81 taps) refused", i);
   PT_TEST_END();
 }
