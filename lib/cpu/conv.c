@@ -9,6 +9,11 @@
  * way round: its forward is Conv's data gradient (gemm, then col2im into Y) and its data gradient
  * is Conv's forward (im2col of dY, then gemm), with the image and the kernel-position grid swapped.
  *
+ * Stride-1 Conv of one group without dilation runs on cpu/direct.c instead: the forward, the
+ * weights' gradient, and the input gradient from 16 input channels. On the Xeon its forward ran
+ * 1.1-2.4x faster than the matrix path, and it allocates nothing, where oneDNN's sgemm (the
+ * matrix path's, where OpenBLAS lacks fitting kernels) allocates at every call.
+ *
  * im2col does the padding: it works out, once per kernel tap, which output rows and columns see
  * real input, zero-fills the rest and copies the middle, so the gemm needs no bounds checks at all.
  * The column buffer covers one band of grid rows at a time (see PT_TILE_FLOATS), so it stays in

@@ -529,7 +529,7 @@ pt_dnnl_conv *pt_dnnl_conv_plan_create(const pt_conv_params *p, bool transpose, 
   /* stride-1 layers of few taps on cpu/direct.c; 3x3 and 5x5 stride-1 layers on cpu/wino.c;
    * oneDNN keeps what they do not take (an input gradient of other than a multiple of 16
    * channels) */
-  if (!transpose && (c->ops & PT_DNNL_FORWARD) && pt_direct_fits(p)) {
+  if (!transpose && (c->ops & PT_DNNL_FORWARD) && pt_direct_few_taps(p)) {
     if (!(c->direct =
               aligned_alloc(64, ((size_t)pt_direct_scratch(p) * sizeof(float) + 63) / 64 * 64))) {
       pt_error_set(err, PT_ERR_NOMEM, "out of memory for convolution scratch");
@@ -936,6 +936,17 @@ static bool winograd_suits(const pt_conv_params *p) {
          (int64_t)p->OH * p->OW >= 32 * 32;
 }
 
+/* Where cpu/direct.c's gradients take over from oneDNN's (conv_bench, Xeon, ms per call, weights /
+ * input): the first layers (fewer than 16 input channels), whose weights' gradient ran 1.0-1.9x
+ * slower but is a small part of a frame (3x3 3->16 at 32x32 0.014 against 0.010, 5x5 3->32 at
+ * 64x64 0.145 against 0.143); and 3x3 16->16 on 32x32, where they ran even (0.038 / 0.039 against
+ * 0.034-0.036 / 0.040-0.042). Wider layers on small images stay on oneDNN: 3x3 32->32 at 16x16
+ * ran 1.4x slower, 64->64 at 8x8 2.6x / 5.5x, 1x1 64->64 at 16x16 1.9x / 1.5x. Neither allocates
+ * on cpu/direct.c; oneDNN does at every call. */
+static bool direct_grads_suit(const pt_conv_params *p) {
+  return p->C < 16 || (p->C <= 16 && p->OC <= 16 && (int64_t)p->OH * p->OW >= 32 * 32);
+}
+
 unsigned pt_dnnl_conv_preferred(const pt_conv_params *p, bool transpose) {
   if (!pt_dnnl_available()) return 0;
   const int Cg = p->C / p->G, OCg = p->OC / p->G;
@@ -950,9 +961,9 @@ unsigned pt_dnnl_conv_preferred(const pt_conv_params *p, bool transpose) {
   const bool pointwise = p->KH == 1 && p->KW == 1 && p->SH == 1 && p->SW == 1 && p->PT == 0 &&
                          p->PL == 0 && p->PB == 0 && p->PR == 0;
   /* gradients cpu/wino.c does not take, where cpu/direct.c runs them (through conv.c) */
-  const bool wino_grads = winograd_suits(p) && f2x2_suits(p);
-  const bool direct_w = !wino_grads && pt_direct_grad_fits(p);
-  const bool direct_d = !wino_grads && pt_direct_data_suits(p);
+  const bool direct = !(winograd_suits(p) && f2x2_suits(p)) && direct_grads_suit(p);
+  const bool direct_w = direct && pt_direct_grad_fits(p),
+             direct_d = direct && pt_direct_data_suits(p);
   if (OCg % 16 == 0 && !direct_w) ops |= PT_DNNL_BACKWARD_WEIGHTS;
   if (OCg % 16 == 0 && !pointwise) ops |= PT_DNNL_FORWARD;
   if (Cg % 16 == 0 && !pointwise && !direct_d) ops |= PT_DNNL_BACKWARD_DATA;

@@ -149,11 +149,13 @@ typedef union pt_op_params {
   pt_resize_params resize;
 } pt_op_params;
 
-/* direct.c: the forward of stride-1 convolutions summing over at most PT_DIRECT_MAX_TAPS taps
- * (C x KH x KW, one group), which conv.c's forward runs there (bias added, then with relu the
- * ReLU, NaN passed on; out overwritten) */
+/* direct.c: the forward of stride-1 convolutions of one group, no dilation (bias added, then
+ * with relu the ReLU, NaN passed on; out overwritten). conv.c's forward runs every such layer
+ * there; few taps (C x KH x KW at most PT_DIRECT_MAX_TAPS) is where the executor prefers it to
+ * oneDNN. */
 enum { PT_DIRECT_MAX_TAPS = 80 };
 bool pt_direct_fits(const pt_conv_params *p);
+bool pt_direct_few_taps(const pt_conv_params *p);
 int64_t pt_direct_scratch(const pt_conv_params *p);
 void pt_direct_forward(float *out, const float *in, const float *w, const float *b,
                        const pt_conv_params *p, bool relu, float *scratch);
