@@ -962,7 +962,7 @@ unsigned pt_dnnl_conv_preferred(const pt_conv_params *p, bool transpose) {
                          p->PL == 0 && p->PB == 0 && p->PR == 0;
   /* gradients cpu/wino.c does not take, where cpu/direct.c runs them (through conv.c) */
   const bool direct = !(winograd_suits(p) && f2x2_suits(p)) && direct_grads_suit(p);
-  const bool direct_w = direct && pt_direct_grad_fits(p),
+  const bool direct_w = direct && pt_direct_weights_suit(p),
              direct_d = direct && pt_direct_data_suits(p);
   if (OCg % 16 == 0 && !direct_w) ops |= PT_DNNL_BACKWARD_WEIGHTS;
   if (OCg % 16 == 0 && !pointwise) ops |= PT_DNNL_FORWARD;

@@ -161,9 +161,11 @@ void pt_direct_forward(float *out, const float *in, const float *w, const float 
                        const pt_conv_params *p, bool relu, float *scratch);
 /* direct.c: the gradients of stride-1 convolutions of one group, no dilation and padding under the
  * kernel size, any number of taps: din += and dw += (the accumulate rule). conv.c's backward runs
- * the weights' gradient there wherever it fits, and the input gradient where it also suits (16
- * input channels or more: its vectors hold 16 of them) */
+ * each there where it suits: not on 1x1 layers of 16 channels or more on both sides (a plain
+ * matrix product), and the input gradient only with 16 input channels or more and rows of 16
+ * pixels or more (its vectors hold 16 of each) */
 bool pt_direct_grad_fits(const pt_conv_params *p);
+bool pt_direct_weights_suit(const pt_conv_params *p);
 bool pt_direct_data_suits(const pt_conv_params *p);
 int64_t pt_direct_grad_scratch(const pt_conv_params *p);
 void pt_direct_backward_data(float *din, const float *dout, const float *w,

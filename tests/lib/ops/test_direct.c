@@ -10,8 +10,8 @@
  * added into what the gradients held (the accumulate rule), on the same kinds of layer and on
  * 16-channel 3x3 layers, taps in one block or several, one or two blocks of 16 output channels
  * at once, partial blocks of input and output channels, 1x1 layers (their own weights' kernel)
- * with a partial last vector of pixels; conv.c's backward runs them; the executor's rule leaves
- * them off oneDNN. */
+ * with a partial last vector of pixels; conv.c's backward runs them where its rule says they
+ * suit; the executor's rule leaves them off oneDNN where they keep pace with it. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -124,8 +124,10 @@ static bool grad_ok(const float *got, const float *start, const double *want, co
   return worst <= 1;
 }
 
+/* Both gradient kernels on p, whatever the rule; then conv.c's backward, which runs each kernel
+ * where the rule says it suits and the matrix path elsewhere. */
 static void check_grads(const pt_conv_params *p, const char *what) {
-  const bool data = pt_direct_data_suits(p);
+  const bool data = pt_direct_data_suits(p), weights = pt_direct_weights_suit(p);
   CHECK(pt_direct_grad_fits(p), "%s: gradients fit", what);
   const int64_t nx = (int64_t)p->N * p->C * p->H * p->W, nw = (int64_t)p->OC * p->C * p->KH * p->KW,
                 ny = (int64_t)p->N * p->OC * p->OH * p->OW, ns = pt_direct_grad_scratch(p);
@@ -140,23 +142,24 @@ static void check_grads(const pt_conv_params *p, const char *what) {
   memcpy(dw, dw0, sizeof(float) * nw);
   pt_direct_backward_weights(dw, dy, x, p, scratch);
   grad_ok(dw, dw0, rdw, sdw, nw, what, "weights' gradient");
-  if (data) {
-    memcpy(dx, dx0, sizeof(float) * nx);
-    pt_direct_backward_data(dx, dy, w, p, scratch);
-    grad_ok(dx, dx0, rdx, sdx, nx, what, "input gradient");
-  }
+  memcpy(dx, dx0, sizeof(float) * nx);
+  pt_direct_backward_data(dx, dy, w, p, scratch);
+  grad_ok(dx, dx0, rdx, sdx, nx, what, "input gradient");
   bool canary = true;
   for (int i = 0; i < 64; i++) canary = canary && scratch[ns + i] == 1234.5f;
   CHECK(canary, "%s: gradients write nothing past their %lld floats of scratch", what,
         (long long)ns);
-  /* conv.c's backward: the weights' gradient here, the input's here where it suits */
+  /* conv.c's backward: each gradient here where it suits */
   float *cdx = malloc(sizeof(float) * nx), *cdw = malloc(sizeof(float) * nw);
   float *cs = malloc(sizeof(float) * (size_t)pt_conv2d_scratch(p));
   memcpy(cdx, dx0, sizeof(float) * nx);
   memcpy(cdw, dw0, sizeof(float) * nw);
   pt_conv2d_backward(cdx, cdw, NULL, dy, x, w, p, cs);
-  CHECK(memcmp(cdw, dw, sizeof(float) * (size_t)nw) == 0,
-        "%s: conv.c's backward runs the weights' gradient (bit-identical)", what);
+  if (weights)
+    CHECK(memcmp(cdw, dw, sizeof(float) * (size_t)nw) == 0,
+          "%s: conv.c's backward runs the weights' gradient (bit-identical)", what);
+  else
+    grad_ok(cdw, dw0, rdw, sdw, nw, what, "conv.c's weights' gradient");
   if (data)
     CHECK(memcmp(cdx, dx, sizeof(float) * (size_t)nx) == 0,
           "%s: conv.c's backward runs the input gradient (bit-identical)", what);
@@ -252,6 +255,8 @@ int main(void) {
       {conv_test_shape(2, 7, 5, 7, 3, 1, 1, 0, 0, 0, 0, true),
        "1x1 7 -> 3 ch on 5x7 (35 pixels), batch 2"},
       {conv_test_shape(1, 17, 9, 16, 11, 1, 1, 0, 0, 0, 0, false), "1x1 17 -> 11 ch on 9x16"},
+      {conv_test_shape(2, 20, 6, 18, 24, 1, 1, 0, 0, 0, 0, true),
+       "1x1 20 -> 24 ch, batch 2: conv.c's matrix product"},
   };
   for (size_t i = 0; i < sizeof grads / sizeof grads[0]; i++)
     check_grads(&grads[i].p, grads[i].what);
@@ -271,6 +276,9 @@ int main(void) {
           "64->64 3x3 at 8x8 gradients: oneDNN, faster there");
     CHECK((pt_dnnl_conv_preferred(&mid16, false) & grad_ops) == grad_ops,
           "16->16 3x3 at 16x16 gradients: oneDNN");
+    const pt_conv_params pw16 = conv_test_shape(1, 16, 32, 32, 16, 1, 1, 0, 0, 0, 0, true);
+    CHECK(pt_dnnl_conv_preferred(&pw16, false) & PT_DNNL_BACKWARD_WEIGHTS,
+          "1x1 16->16 at 32x32 weights' gradient: oneDNN (no direct kernel suits)");
   }
   pt_conv_params nog[4];
   unfit(nog, conv_test_shape(1, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, true));
@@ -280,9 +288,15 @@ int main(void) {
           "gradients of shape %zu (stride 2, dilation 2, groups, a pad of the kernel's size) "
           "refused",
           i);
-  const pt_conv_params c15 = conv_test_shape(1, 15, 8, 8, 16, 3, 3, 1, 1, 1, 1, true);
-  CHECK(pt_direct_grad_fits(&c15) && !pt_direct_data_suits(&c15),
+  const pt_conv_params c15 = conv_test_shape(1, 15, 32, 32, 16, 3, 3, 1, 1, 1, 1, true),
+                       w8 = conv_test_shape(1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, true),
+                       pw = conv_test_shape(1, 64, 16, 16, 64, 1, 1, 0, 0, 0, 0, true);
+  CHECK(pt_direct_weights_suit(&c15) && !pt_direct_data_suits(&c15),
         "15 input channels: the weights' gradient only");
+  CHECK(pt_direct_weights_suit(&w8) && !pt_direct_data_suits(&w8),
+        "rows of 8 pixels: the weights' gradient only");
+  CHECK(pt_direct_grad_fits(&pw) && !pt_direct_weights_suit(&pw) && !pt_direct_data_suits(&pw),
+        "1x1 64->64: neither (a plain matrix product)");
 
   pt_conv_params no[4];
   unfit(no, conv_test_shape(1, 3, 16, 16, 16, 3, 3, 1, 1, 1, 1, true));
