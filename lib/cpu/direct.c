@@ -1,7 +1,7 @@
 /* Direct convolution, stride 1, one group, no dilation: forward and gradients.
  *
  * The forward takes any number of taps (input channels x kernel rows x kernel columns). conv.c
- * runs every such layer here (it beat im2col and the matrix product 1.1-2.3x), and the executor
+ * runs every such layer here (it beat im2col and the matrix product 1.1-2.4x), and the executor
  * prefers it to oneDNN where the sum runs over few taps (pt_direct_few_taps: at most
  * PT_DIRECT_MAX_TAPS): an image network's first layer (3 input channels) and its 1x1 heads.
  * oneDNN's direct kernels ran the benchmark networks' first layers 1.2-2x slower, and each of its
@@ -21,6 +21,7 @@
 #include <string.h>
 #include "ops.h"
 #include "vec16.h"
+#include "wino.h"
 
 bool pt_direct_fits(const pt_conv_params *p) {
   return p->G == 1 && p->SH == 1 && p->SW == 1 && p->DH == 1 && p->DW == 1 && p->OH >= 1 &&
@@ -139,9 +140,7 @@ void pt_direct_forward(float *out, const float *in, const float *w, const float 
  * 16-channel layers about even. */
 
 bool pt_direct_grad_fits(const pt_conv_params *p) {
-  return p->G == 1 && p->SH == 1 && p->SW == 1 && p->DH == 1 && p->DW == 1 && p->OH >= 1 &&
-         p->OW >= 1 && p->PT >= 0 && p->PL >= 0 && p->PB >= 0 && p->PR >= 0 && p->PT < p->KH &&
-         p->PB < p->KH && p->PL < p->KW && p->PR < p->KW &&
+  return pt_direct_fits(p) && p->PT < p->KH && p->PB < p->KH && p->PL < p->KW && p->PR < p->KW &&
          p->OH == p->H + p->PT + p->PB - p->KH + 1 && p->OW == p->W + p->PL + p->PR - p->KW + 1;
 }
 
@@ -231,53 +230,36 @@ void pt_direct_backward_data(float *din, const float *dout, const float *w, cons
   direct_run(din, dout, NULL, &q, false, true, scratch);
 }
 
-/* dst[j * ds + i] = src[i * ss + j] for i < rows, j < cols: 16 x 16 blocks in registers. With
- * pad, dst's rows have room for whole blocks of 16 and take zeros past `rows`. */
-PT_CLONES static void transpose(float *dst, size_t ds, const float *src, size_t ss, int rows,
-                                int cols, bool pad) {
-  int i0 = 0;
-  for (; i0 + 16 <= rows || (pad && i0 < rows); i0 += 16) {
-    const int n = rows - i0 < 16 ? rows - i0 : 16;
-    int j0 = 0;
-    for (; j0 + 16 <= cols; j0 += 16) {
-      v16 r[16];
-      for (int i = 0; i < 16; i++)
-        r[i] = i < n ? LOAD16(src + (size_t)(i0 + i) * ss + j0) : (v16){0};
-      TRANSPOSE16(r);
-      for (int j = 0; j < 16; j++) STORE16(dst + (size_t)(j0 + j) * ds + i0, r[j]);
-    }
-    for (int i = i0; i < i0 + (pad ? 16 : n); i++)
-      for (int j = j0; j < cols; j++)
-        dst[(size_t)j * ds + i] = i < rows ? src[(size_t)i * ss + j] : 0;
-  }
-  for (int i = i0; i < rows; i++)
-    for (int j = 0; j < cols; j++) dst[(size_t)j * ds + i] = src[(size_t)i * ss + j];
-}
-
 /* One block: S taps (of which the first `used` are real) times OB output-channel blocks, summed
  * over every output pixel into dwt (rows of ocp floats, one per tap). x: the block's first tap
  * for output pixel (0, 0); xs: the floats between output rows; C: between pixels. */
 INLINE void wg_block(const int S, const int OB, float *dwt, int used, const float *x, size_t xs,
                      int C, const float *dyt, int OH, int OW, int ocp) {
   v16 acc[WG_MAX];
-  PT_UNROLL(28)
-  for (int t = 0; t < S; t++) PT_UNROLL(2)
-  for (int b = 0; b < OB; b++)
-    acc[t * OB + b] = t < used ? LOAD16(dwt + (size_t)t * ocp + b * 16) : (v16){0};
+  PT_UNROLL(28) for (int t = 0; t < S; t++) {
+    PT_UNROLL(2) for (int b = 0; b < OB; b++) {
+      acc[t * OB + b] = t < used ? LOAD16(dwt + (size_t)t * ocp + b * 16) : (v16){0};
+    }
+  }
   for (int oy = 0; oy < OH; oy++) {
     const float *xr = x + (size_t)oy * xs, *dr = dyt + (size_t)oy * OW * ocp;
     for (int ox = 0; ox < OW; ox++, xr += C, dr += ocp) {
       v16 d[2];
-      PT_UNROLL(2) for (int b = 0; b < OB; b++) d[b] = LOAD16(dr + b * 16);
-      PT_UNROLL(28)
-      for (int t = 0; t < S; t++)
-        PT_UNROLL(2) for (int b = 0; b < OB; b++) acc[t * OB + b] += xr[t] * d[b];
+      PT_UNROLL(2) for (int b = 0; b < OB; b++) {
+        d[b] = LOAD16(dr + b * 16);
+      }
+      PT_UNROLL(28) for (int t = 0; t < S; t++) {
+        PT_UNROLL(2) for (int b = 0; b < OB; b++) {
+          acc[t * OB + b] += xr[t] * d[b];
+        }
+      }
     }
   }
-  PT_UNROLL(28)
-  for (int t = 0; t < S; t++)
-    if (t < used) PT_UNROLL(2)
-  for (int b = 0; b < OB; b++) STORE16(dwt + (size_t)t * ocp + b * 16, acc[t * OB + b]);
+  PT_UNROLL(28) for (int t = 0; t < S && t < used; t++) {
+    PT_UNROLL(2) for (int b = 0; b < OB; b++) {
+      STORE16(dwt + (size_t)t * ocp + b * 16, acc[t * OB + b]);
+    }
+  }
 }
 
 /* wg_block with S the taps rounded up to a multiple of 4 (one channel block) or 2 (two): one
@@ -353,6 +335,8 @@ void pt_direct_backward_weights(float *dw, const float *dout, const float *in,
   const int ocp = (int)wg_ocp(p);
   float *xp = scratch, *dyt = xp + wg_xp(p), *dwt = dyt + wg_dyt(p);
   memset(dwt, 0, sizeof(float) * (size_t)wg_dwt(p));
+  if (OC < ocp) /* the lanes past OC: zero once, the images' gradients fill the rest */
+    memset(dyt, 0, sizeof(float) * (size_t)wg_dyt(p));
   /* the padding and the slack: zero once, the images fill the rest */
   const size_t row = (size_t)Wp * C, Hp = (size_t)(H + p->PT + p->PB);
   memset(xp, 0, sizeof(float) * row * (size_t)p->PT);
@@ -365,10 +349,9 @@ void pt_direct_backward_weights(float *dw, const float *dout, const float *in,
   for (int n = 0; n < p->N; n++) {
     const float *x = in + (size_t)n * C * H * W;
     for (int iy = 0; iy < H; iy++)
-      transpose(xp + ((size_t)(iy + p->PT) * Wp + p->PL) * C, (size_t)C, x + (size_t)iy * W,
-                (size_t)H * W, C, W, false);
-    transpose(dyt, (size_t)ocp, dout + (size_t)n * OC * OH * OW, (size_t)OH * OW, OC, OH * OW,
-              true);
+      pt_transpose(xp + ((size_t)(iy + p->PT) * Wp + p->PL) * C, (size_t)C, x + (size_t)iy * W,
+                   (size_t)H * W, C, W);
+    pt_transpose(dyt, (size_t)ocp, dout + (size_t)n * OC * OH * OW, (size_t)OH * OW, OC, OH * OW);
     for (int b0 = 0; b0 < ocp / 16; b0 += 2) {
       const int OB = ocp / 16 - b0 >= 2 ? 2 : 1, smax = WG_MAX / OB;
       const int nblk = (KWC + smax - 1) / smax, per = (KWC + nblk - 1) / nblk;

@@ -522,10 +522,8 @@ PT_CLONES static void transform_output(pt_wino *w, float *img, const float *b, i
  * output channels in registers, one tile at a time, with Z pixel-major (output channels
  * consecutive), for which dout is first transposed to pixel-major. */
 
-/* dst (cols, rows) = src (rows, cols) transposed; src rows lds apart, dst rows ldd apart; rows
- * and cols multiples of 16 where vectors do it, the rest one by one. */
-PT_CLONES static void transpose(float *dst, size_t ldd, const float *src, size_t lds, int rows,
-                                int cols) {
+PT_CLONES void pt_transpose(float *dst, size_t ldd, const float *src, size_t lds, int rows,
+                            int cols) {
   int r0 = 0;
   for (; r0 + 16 <= rows; r0 += 16) {
     const float *s = src + (size_t)r0 * lds;
@@ -659,8 +657,8 @@ void pt_wino_backward_weights(pt_wino *w, float *dw, const float *dout, const fl
   for (int n = 0; n < p->N; n++) {
     const float *img = in + (size_t)n * p->C * p->H * p->W;
     /* dout to pixel-major */
-    transpose(w->dyt, p->OC, dout + (size_t)n * p->OC * p->OH * p->OW, (size_t)p->OH * p->OW, p->OC,
-              p->OH * p->OW);
+    pt_transpose(w->dyt, p->OC, dout + (size_t)n * p->OC * p->OH * p->OW, (size_t)p->OH * p->OW,
+                 p->OC, p->OH * p->OW);
     for (int th = 0; th < w->TH; th++) {
       transform_input_row(w, img, th);
       transform_dout(w, th);
@@ -869,7 +867,7 @@ static void wino4_fill_row(pt_wino4 *w, const float *img, int y) {
   }
   const int cols = p->W < w->Wp - p->PL ? p->W : w->Wp - p->PL;
   memset(x, 0, sizeof(float) * (size_t)p->PL * C);
-  transpose(x + (size_t)p->PL * C, C, img + (size_t)iy * p->W, (size_t)p->H * p->W, C, cols);
+  pt_transpose(x + (size_t)p->PL * C, C, img + (size_t)iy * p->W, (size_t)p->H * p->W, C, cols);
   memset(x + (size_t)(p->PL + cols) * C, 0, sizeof(float) * (size_t)(w->Wp - p->PL - cols) * C);
 }
 
@@ -976,8 +974,8 @@ void pt_wino4_forward(pt_wino4 *w, float *out, const float *in, const float *wt,
       }
       wino4_transform_output(w, w->Y, (size_t)p->OW * OC, b, ty);
       for (int i = 0; i < 4 && 4 * ty + i < p->OH; i++)
-        transpose(o + (size_t)(4 * ty + i) * p->OW, (size_t)p->OH * p->OW,
-                  w->Y + (size_t)i * p->OW * OC, OC, p->OW, OC);
+        pt_transpose(o + (size_t)(4 * ty + i) * p->OW, (size_t)p->OH * p->OW,
+                     w->Y + (size_t)i * p->OW * OC, OC, p->OW, OC);
     }
   }
 }

@@ -28,6 +28,11 @@
 
 typedef struct pt_wino pt_wino;
 
+/* dst (cols, rows) = src (rows, cols) transposed; src rows lds apart, dst rows ldd apart; rows
+ * and cols multiples of 16 where vectors do it, the rest one by one: the NCHW <-> pixel-major
+ * moves of these kernels and of cpu/direct.c's weights' gradient. */
+void pt_transpose(float *dst, size_t ldd, const float *src, size_t lds, int rows, int cols);
+
 /* True for shapes the kernel takes: a 3x3 or 5x5 convolution, stride 1, no dilation, no groups,
  * output channels a multiple of 16. */
 bool pt_wino_fits(const pt_conv_params *p);
