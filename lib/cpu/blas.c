@@ -49,8 +49,29 @@ const char *pt_sgemm_library(void) {
   return __atomic_load_n(&sgemm_onednn, __ATOMIC_RELAXED) ? "oneDNN" : "OpenBLAS";
 }
 
+/* C = alpha * a b^T + beta * C for column a (M) and row b (N), each read with its stride: the
+ * product over one term, a Linear layer's weights' gradient at batch 1. oneDNN's sgemm allocates
+ * its packing buffers at every call; this allocates nothing. */
+static void outer(int M, int N, float alpha, const float *a, int sa, const float *b, int sb,
+                  float beta, float *C, int ldc) {
+  for (int i = 0; i < M; i++) {
+    float *c = C + (size_t)i * ldc;
+    const float ai = alpha * a[(size_t)i * sa];
+    if (beta == 0.0f) {
+      for (int j = 0; j < N; j++) c[j] = ai * b[(size_t)j * sb];
+    } else {
+      for (int j = 0; j < N; j++) c[j] = beta * c[j] + ai * b[(size_t)j * sb];
+    }
+  }
+}
+
 void pt_sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+  if (K == 1 && M > 0 && N > 0) {
+    /* op(A) (M, 1): column 0 of A, or row 0 of A transposed; op(B) (1, N) likewise */
+    outer(M, N, alpha, A, ta == CblasTrans ? 1 : lda, B, tb == CblasTrans ? ldb : 1, beta, C, ldc);
+    return;
+  }
 #ifdef PT_HAVE_DNNL
   if (K > 0 && __atomic_load_n(&sgemm_onednn, __ATOMIC_RELAXED)) {
     if (M <= 0 || N <= 0) return;

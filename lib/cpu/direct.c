@@ -1,4 +1,5 @@
-/* Direct convolution, stride 1, one group, no dilation: forward and gradients.
+/* Direct convolution, one group, no dilation, any stride: forward and gradients, and
+ * ConvTranspose on them.
  *
  * The forward takes any number of taps (input channels x kernel rows x kernel columns). conv.c
  * runs every such layer here (it beat im2col and the matrix product 1.1-2.4x), and the executor
@@ -7,24 +8,28 @@
  * oneDNN's direct kernels ran the benchmark networks' first layers 1.2-2x slower, and each of its
  * primitive executions allocates on the heap, as does the sgemm a head went to: these were the
  * only layers of those networks' inference that allocated. Below the forward, the gradients, for
- * the same reason in training (see "gradients").
+ * the same reason in training (see "gradients"), and ConvTranspose, which the executor leaves
+ * here with small strided convolutions (cpu/dnnl_conv.c's rule).
  *
  * A vector holds 16 output pixels of one row: each tap loads one vector from a zero-padded copy
  * of the input and multiplies it by 16 output channels' weights (broadcast), into 16
  * accumulators. The weights are laid out [block of 16 output channels][tap][16], zeros past OC,
- * so a head of 10 channels runs one block with 6 idle accumulators.
+ * so a head of 10 channels runs one block with 6 idle accumulators. With at most 4 output
+ * channels, 4 rows of 16 pixels share each tap's 4 weights instead (direct_narrow).
  *
- * Scratch (pt_direct_scratch floats): the padded input of one image, C x Hp x Wp with Hp = OH +
- * KH - 1 and Wp = OW rounded up to 16, plus KW - 1 (every load stays inside), then the weights.
- * Without padding and with rows of whole vectors (OW a multiple of 16), the input is read in
- * place, and there is no copy: it would double the memory traffic of a 1x1 layer. */
+ * Scratch (pt_direct_scratch floats): the padded input of one image, then the weights. The copy
+ * has Hp = (OH - 1) x SH + KH rows, each split into SW phases (columns x with the same x mod SW)
+ * of Wq = OW rounded up to 16, plus (KW - 1) / SW, columns: at any stride, a tap's 16 pixels are
+ * 16 consecutive floats of one phase, and every load stays inside. Without padding, at stride 1
+ * along rows and with rows of whole vectors (OW a multiple of 16), the input is read in place,
+ * and there is no copy: it would double the memory traffic of a 1x1 layer. */
 #include <string.h>
 #include "ops.h"
 #include "vec16.h"
 #include "wino.h"
 
 bool pt_direct_fits(const pt_conv_params *p) {
-  return p->G == 1 && p->SH == 1 && p->SW == 1 && p->DH == 1 && p->DW == 1 && p->OH >= 1 &&
+  return p->G == 1 && p->SH >= 1 && p->SW >= 1 && p->DH == 1 && p->DW == 1 && p->OH >= 1 &&
          p->OW >= 1 && p->PT >= 0 && p->PL >= 0 && p->PB >= 0 && p->PR >= 0;
 }
 
@@ -33,21 +38,23 @@ bool pt_direct_few_taps(const pt_conv_params *p) {
 }
 
 static int padded_rows(const pt_conv_params *p) {
-  return p->OH + p->KH - 1;
+  return (p->OH - 1) * p->SH + p->KH;
 }
 
-static int padded_cols(const pt_conv_params *p) {
-  return (p->OW + 15) / 16 * 16 + p->KW - 1;
+/* The columns of one phase of a padded row: a vector's 16 outputs read 16 consecutive columns of
+ * one phase, whatever the tap. */
+static int phase_cols(const pt_conv_params *p) {
+  return (p->OW + 15) / 16 * 16 + (p->KW - 1) / p->SW;
 }
 
-/* Whether the input itself can be read: no padding, and rows of whole vectors. */
+/* Whether the input itself can be read: no padding, stride 1 along rows, rows of whole vectors. */
 static bool in_place(const pt_conv_params *p) {
-  return p->PT == 0 && p->PL == 0 && p->PB == 0 && p->PR == 0 && p->OW % 16 == 0;
+  return p->PT == 0 && p->PL == 0 && p->PB == 0 && p->PR == 0 && p->SW == 1 && p->OW % 16 == 0;
 }
 
 /* The floats of the padded copy, at the start of the scratch; the weights follow. */
 static size_t pad_floats(const pt_conv_params *p) {
-  return in_place(p) ? 0 : (size_t)p->C * padded_rows(p) * padded_cols(p);
+  return in_place(p) ? 0 : (size_t)p->C * padded_rows(p) * p->SW * phase_cols(p);
 }
 
 int64_t pt_direct_scratch(const pt_conv_params *p) {
@@ -55,12 +62,26 @@ int64_t pt_direct_scratch(const pt_conv_params *p) {
   return (int64_t)pad_floats(p) + taps * 16 * blocks;
 }
 
-/* One image: out (OC, OH, OW) from the (padded) input, Hp rows of Wp, and the laid-out weights;
- * add: out += the convolution (then b is NULL and relu false). */
-PT_CLONES static void direct_image(float *out, const float *pad, int Hp, int Wp, const float *wt,
-                                   const float *b, bool relu, bool add, const pt_conv_params *p) {
+/* One output vector: y = acc (+ bias, ReLU) stored, or added, into the first cols of dst. */
+INLINE void put16(float *dst, v16 y, float bias, bool relu, bool add, int cols) {
+  y += bias;
+  if (relu) y = (v16)((v16i)y & ~(y < 0.0f)); /* NaN < 0 is false: passed on */
+  if (cols == 16) {
+    STORE16(dst, add ? LOAD16(dst) + y : y);
+  } else {
+    float part[16];
+    STORE16(part, y);
+    for (int i = 0; i < cols; i++) dst[i] = add ? dst[i] + part[i] : part[i];
+  }
+}
+
+/* One image: out (OC, OH, OW) from the (padded) input, Hp rows of SW phases of Wq columns, and
+ * the laid-out weights; add: out += the convolution (then b is NULL and relu false). Sixteen
+ * output channels at once, a vector of 16 pixels of one row each. */
+PT_CLONES static void direct_wide(float *out, const float *pad, int Hp, int Wq, const float *wt,
+                                  const float *b, bool relu, bool add, const pt_conv_params *p) {
   const int C = p->C, KH = p->KH, KW = p->KW, OC = p->OC, OH = p->OH, OW = p->OW;
-  const int taps = C * KH * KW;
+  const int SH = p->SH, SW = p->SW, taps = C * KH * KW;
   for (int oc0 = 0; oc0 < OC; oc0 += 16) {
     const int nb = OC - oc0 < 16 ? OC - oc0 : 16;
     const float *wb = wt + (size_t)oc0 * taps;
@@ -71,84 +92,162 @@ PT_CLONES static void direct_image(float *out, const float *pad, int Hp, int Wp,
         const float *wk = wb;
         for (int c = 0; c < C; c++)
           for (int kh = 0; kh < KH; kh++) {
-            const float *row = pad + ((size_t)c * Hp + oy + kh) * Wp + ox0;
-            for (int kw = 0; kw < KW; kw++, wk += 16) {
-              const v16 v = LOAD16(row + kw);
-              for (int o = 0; o < 16; o++) acc[o] += wk[o] * v;
-            }
+            const float *row = pad + (size_t)(c * Hp + oy * SH + kh) * SW * Wq + ox0;
+            for (int ph = 0; ph < SW; ph++, row += Wq)
+              for (int kw = ph, m = 0; kw < KW; kw += SW, m++, wk += 16) {
+                const v16 v = LOAD16(row + m);
+                for (int o = 0; o < 16; o++) acc[o] += wk[o] * v;
+              }
           }
         const int cols = OW - ox0 < 16 ? OW - ox0 : 16;
-        for (int o = 0; o < nb; o++) {
-          v16 y = acc[o] + (b ? b[oc0 + o] : 0.0f);
-          if (relu) y = (v16)((v16i)y & ~(y < 0.0f)); /* NaN < 0 is false: passed on */
-          float *dst = out + ((size_t)(oc0 + o) * OH + oy) * OW + ox0;
-          if (cols == 16) {
-            STORE16(dst, add ? LOAD16(dst) + y : y);
-          } else {
-            float part[16];
-            STORE16(part, y);
-            for (int i = 0; i < cols; i++) dst[i] = add ? dst[i] + part[i] : part[i];
+        for (int o = 0; o < nb; o++)
+          put16(out + ((size_t)(oc0 + o) * OH + oy) * OW + ox0, acc[o], b ? b[oc0 + o] : 0.0f, relu,
+                add, cols);
+      }
+  }
+}
+
+/* direct_wide for at most NARROW output channels, which would leave most of its 16 accumulators
+ * idle: NARROW channels times NARROW rows of 16 pixels at once (rows past OH recompute the last
+ * one and are not stored). */
+enum { NARROW = 4 };
+
+PT_CLONES static void direct_narrow(float *out, const float *pad, int Hp, int Wq, const float *wt,
+                                    const float *b, bool relu, bool add, const pt_conv_params *p) {
+  const int C = p->C, KH = p->KH, KW = p->KW, OC = p->OC, OH = p->OH, OW = p->OW;
+  const int SH = p->SH, SW = p->SW;
+  for (int oy0 = 0; oy0 < OH; oy0 += NARROW) {
+    const int rows = OH - oy0 < NARROW ? OH - oy0 : NARROW;
+    for (int ox0 = 0; ox0 < OW; ox0 += 16) {
+      v16 acc[NARROW][NARROW];
+      for (int r = 0; r < NARROW; r++)
+        for (int o = 0; o < NARROW; o++) acc[r][o] = (v16){0};
+      const float *wk = wt;
+      for (int c = 0; c < C; c++)
+        for (int kh = 0; kh < KH; kh++) {
+          const float *row[NARROW];
+          for (int r = 0; r < NARROW; r++) {
+            const int oy = oy0 + (r < rows ? r : rows - 1);
+            row[r] = pad + (size_t)(c * Hp + oy * SH + kh) * SW * Wq + ox0;
           }
+          for (int ph = 0; ph < SW; ph++)
+            for (int kw = ph, m = ph * Wq; kw < KW; kw += SW, m++, wk += 16) {
+              v16 v[NARROW];
+              for (int r = 0; r < NARROW; r++) v[r] = LOAD16(row[r] + m);
+              for (int r = 0; r < NARROW; r++)
+                for (int o = 0; o < NARROW; o++) acc[r][o] += wk[o] * v[r];
+            }
+        }
+      const int cols = OW - ox0 < 16 ? OW - ox0 : 16;
+      for (int r = 0; r < rows; r++)
+        for (int o = 0; o < OC; o++)
+          put16(out + ((size_t)o * OH + oy0 + r) * OW + ox0, acc[r][o], b ? b[o] : 0.0f, relu, add,
+                cols);
+    }
+  }
+}
+
+static void direct_image(float *out, const float *pad, int Hp, int Wq, const float *wt,
+                         const float *b, bool relu, bool add, const pt_conv_params *p) {
+  if (p->OC <= NARROW)
+    direct_narrow(out, pad, Hp, Wq, wt, b, relu, add, p);
+  else
+    direct_wide(out, pad, Hp, Wq, wt, b, relu, add, p);
+}
+
+/* The weights (OC, C, KH, KW), read through get(w, oc, c, kh, kw), laid out for direct_image in
+ * wt: [block of 16 output channels][c][kh][phase][tap of the phase][16], zeros past OC. */
+#define LAY_OUT_WEIGHTS(wt, p, get)                                                                \
+  do {                                                                                             \
+    float *dst_ = (wt);                                                                            \
+    for (int oc0_ = 0; oc0_ < (p)->OC; oc0_ += 16)                                                 \
+      for (int c_ = 0; c_ < (p)->C; c_++)                                                          \
+        for (int kh_ = 0; kh_ < (p)->KH; kh_++)                                                    \
+          for (int ph_ = 0; ph_ < (p)->SW; ph_++)                                                  \
+            for (int kw_ = ph_; kw_ < (p)->KW; kw_ += (p)->SW, dst_ += 16)                         \
+              for (int o_ = 0; o_ < 16; o_++)                                                      \
+                dst_[o_] = oc0_ + o_ < (p)->OC ? get(oc0_ + o_, c_, kh_, kw_) : 0.0f;              \
+  } while (0)
+
+/* One image's zero-padded copy: input column ix of row iy goes to phase (ix + PL) % SW, column
+ * (ix + PL) / SW of padded row iy + PT. Rows and columns the padding puts outside are left out. */
+PT_CLONES static void pad_image(float *pad, const float *in, const pt_conv_params *p) {
+  const int C = p->C, H = p->H, W = p->W, SW = p->SW, PL = p->PL;
+  const int Hp = padded_rows(p), Wq = phase_cols(p);
+  const int lo = PL < 0 ? -PL : 0, hi = W < SW * Wq - PL ? W : SW * Wq - PL;
+  memset(pad, 0, sizeof(float) * pad_floats(p));
+  if (hi <= lo) return;
+  for (int ph = 0; ph < SW; ph++) {
+    /* the phase's first column, then every SW-th */
+    const int ix0 = lo + ((ph - (lo + PL) % SW) % SW + SW) % SW;
+    if (ix0 >= hi) continue;
+    const size_t at = (size_t)ph * Wq + (size_t)(ix0 + PL) / SW;
+    for (int c = 0; c < C; c++)
+      for (int iy = 0; iy < H; iy++) {
+        const int py = iy + p->PT;
+        if (py < 0 || py >= Hp) continue;
+        const float *src = in + ((size_t)c * H + iy) * W;
+        float *d = pad + (size_t)(c * Hp + py) * SW * Wq + at;
+        if (SW == 1) {
+          memcpy(d, src + lo, sizeof(float) * (size_t)(hi - lo));
+        } else if (SW == 2) { /* the common case, in vectors */
+          for (int ix = ix0; ix < hi; ix += 2) *d++ = src[ix];
+        } else {
+          for (int ix = ix0; ix < hi; ix += SW) *d++ = src[ix];
         }
       }
   }
 }
 
 /* out from in (N images) through the weights laid out at the end of scratch: direct_image on
- * the input in place, or on a zero-padded copy of each image. add: out += instead of out =. */
+ * the input in place, or on a zero-padded copy of each image, its columns split into SW phases.
+ * Pads may be negative (rows and columns of the input left out), as may the bottom and right
+ * ones be larger than what is read. add: out += instead of out =. */
 static void direct_run(float *out, const float *in, const float *b, const pt_conv_params *p,
                        bool relu, bool add, float *scratch) {
   const int C = p->C, H = p->H, W = p->W, OC = p->OC;
-  const int Hp = padded_rows(p), Wp = padded_cols(p);
   float *pad = scratch, *wt = scratch + pad_floats(p);
-  if (in_place(p)) {
-    for (int n = 0; n < p->N; n++)
-      direct_image(out + (size_t)n * OC * p->OH * p->OW, in + (size_t)n * C * H * W, H, W, wt, b,
-                   relu, add, p);
-    return;
-  }
-  /* Hp = H + PT + PB and Wp >= W + PL + PR: the whole image fits */
   for (int n = 0; n < p->N; n++) {
-    memset(pad, 0, sizeof(float) * (size_t)C * Hp * Wp);
-    for (int c = 0; c < C; c++)
-      for (int iy = 0; iy < H; iy++)
-        memcpy(pad + ((size_t)c * Hp + iy + p->PT) * Wp + p->PL,
-               in + (((size_t)n * C + c) * H + iy) * W, sizeof(float) * (size_t)W);
-    direct_image(out + (size_t)n * OC * p->OH * p->OW, pad, Hp, Wp, wt, b, relu, add, p);
+    const float *x = in + (size_t)n * C * H * W;
+    float *y = out + (size_t)n * OC * p->OH * p->OW;
+    if (in_place(p)) {
+      direct_image(y, x, H, W, wt, b, relu, add, p);
+    } else {
+      pad_image(pad, x, p);
+      direct_image(y, pad, padded_rows(p), phase_cols(p), wt, b, relu, add, p);
+    }
   }
 }
 
 void pt_direct_forward(float *out, const float *in, const float *w, const float *b,
                        const pt_conv_params *p, bool relu, float *scratch) {
-  const int C = p->C, OC = p->OC, taps = C * p->KH * p->KW;
-  float *wt = scratch + pad_floats(p);
-  for (int oc0 = 0; oc0 < OC; oc0 += 16)
-    for (int t = 0; t < taps; t++)
-      for (int o = 0; o < 16; o++)
-        wt[((size_t)oc0 * taps) + (size_t)t * 16 + o] =
-            oc0 + o < OC ? w[(size_t)(oc0 + o) * taps + t] : 0.0f;
+  const int C = p->C, KH = p->KH, KW = p->KW;
+#define FWD_W(oc, c, kh, kw) w[(((size_t)(oc)*C + (c)) * KH + (kh)) * KW + (kw)]
+  LAY_OUT_WEIGHTS(scratch + pad_floats(p), p, FWD_W);
+#undef FWD_W
   direct_run(out, in, p->has_bias ? b : NULL, p, relu, false, scratch);
 }
 
 /* ---- gradients ----
  *
- * The input gradient runs on direct_image, as the convolution it is (data_problem), adding into
- * din. The weights' gradient has a kernel of its own (wg_block). Both allocate nothing; they took
- * over from oneDNN's direct kernels and dnnl_sgemm, which allocate at every call, for the layers
- * of the benchmark networks whose gradients cpu/wino.c does not run: on the first layers, the
- * 16-channel 3x3 layers and the heads they ran 0.5-1.1x as fast (docs/performance.md), the
+ * The input gradient runs on direct_image, as the stride-1 convolutions it is (data_phase), adding
+ * into din. The weights' gradient has a kernel of its own (wg_block). Both allocate nothing; they
+ * took over from oneDNN's direct kernels and dnnl_sgemm, which allocate at every call, for the
+ * layers of the benchmark networks whose gradients cpu/wino.c does not run: on the first layers,
+ * the 16-channel 3x3 layers and the heads they ran 0.5-1.1x as fast (docs/performance.md), the
  * 16-channel layers about even. */
 
 bool pt_direct_grad_fits(const pt_conv_params *p) {
   return pt_direct_fits(p) && p->PT < p->KH && p->PB < p->KH && p->PL < p->KW && p->PR < p->KW &&
-         p->OH == p->H + p->PT + p->PB - p->KH + 1 && p->OW == p->W + p->PL + p->PR - p->KW + 1;
+         p->OH == (p->H + p->PT + p->PB - p->KH) / p->SH + 1 &&
+         p->OW == (p->W + p->PL + p->PR - p->KW) / p->SW + 1;
 }
 
-/* A 1x1 layer of 16 channels or more on either side: a plain matrix product reads its tensors in
- * place, and conv.c's sgemm ran 1x1 64->64 at 16x16 1.8x (input) and 2.2x (weights) faster than
- * these kernels. */
+/* A stride-1 1x1 layer of 16 channels or more on either side: a plain matrix product reads its
+ * tensors in place, and conv.c's sgemm ran 1x1 64->64 at 16x16 1.8x (input) and 2.2x (weights)
+ * faster than these kernels. */
 static bool wide_pointwise(const pt_conv_params *p) {
-  return p->KH == 1 && p->KW == 1 && p->C >= 16 && p->OC >= 16;
+  return p->KH == 1 && p->KW == 1 && p->SH == 1 && p->SW == 1 && p->C >= 16 && p->OC >= 16;
 }
 
 bool pt_direct_weights_suit(const pt_conv_params *p) {
@@ -158,26 +257,138 @@ bool pt_direct_weights_suit(const pt_conv_params *p) {
 /* Its vectors hold 16 input channels, and 16 columns of a row: 64->64 3x3 at 8x8 ran 1.5x slower
  * than im2col and the matrix product. */
 bool pt_direct_data_suits(const pt_conv_params *p) {
-  return pt_direct_grad_fits(p) && !wide_pointwise(p) && p->C >= 16 && p->W >= 16;
+  return pt_direct_grad_fits(p) && !wide_pointwise(p) && p->C >= 16 && p->W / p->SW >= 16;
 }
 
-/* The input gradient of a stride-1 convolution is a stride-1 convolution of the output gradient
- * with the kernel turned by 180 degrees and its channel axes swapped, padded by the kernel size
- * less one less the forward's padding: q is that convolution. */
-static pt_conv_params data_problem(const pt_conv_params *p) {
-  pt_conv_params q = *p;
-  q.C = p->OC;
-  q.H = p->OH;
-  q.W = p->OW;
-  q.OC = p->C;
-  q.OH = p->H;
-  q.OW = p->W;
-  q.PT = p->KH - 1 - p->PT;
-  q.PB = p->KH - 1 - p->PB;
-  q.PL = p->KW - 1 - p->PL;
-  q.PR = p->KW - 1 - p->PR;
-  q.has_bias = false;
-  return q;
+/* Phase (ry, rx) of the input gradient: the input pixels (ry + SH i, rx + SW j). Pixel (i, j)
+ * sums the taps kh = kh0 + SH m over output rows i + a - m (and likewise along the row): a
+ * stride-1 convolution q of the output gradient with those taps turned by 180 degrees and the
+ * channel axes swapped. At stride 1 there is one phase, the whole input gradient, padded by the
+ * kernel size less one less the forward's padding. Pads may come out negative, or larger than
+ * what is read (direct_run's copy leaves those rows and columns out). */
+typedef struct phase {
+  pt_conv_params q;
+  int kh0, kw0;
+} phase;
+
+static phase data_phase(const pt_conv_params *p, int ry, int rx) {
+  phase f;
+  pt_conv_params *q = &f.q;
+  *q = *p;
+  f.kh0 = (ry + p->PT) % p->SH;
+  f.kw0 = (rx + p->PL) % p->SW;
+  const int a = (ry + p->PT) / p->SH, b = (rx + p->PL) / p->SW;
+  q->N = 1;
+  q->SH = q->SW = 1;
+  q->has_bias = false;
+  q->C = p->OC;
+  q->H = p->OH;
+  q->W = p->OW;
+  q->OC = p->C;
+  q->OH = ry < p->H ? (p->H - ry + p->SH - 1) / p->SH : 0;
+  q->OW = rx < p->W ? (p->W - rx + p->SW - 1) / p->SW : 0;
+  q->KH = f.kh0 < p->KH ? (p->KH - f.kh0 + p->SH - 1) / p->SH : 0;
+  q->KW = f.kw0 < p->KW ? (p->KW - f.kw0 + p->SW - 1) / p->SW : 0;
+  q->PT = q->KH - 1 - a;
+  q->PL = q->KW - 1 - b;
+  q->PB = q->OH - 1 + a - (p->OH - 1);
+  q->PR = q->OW - 1 + b - (p->OW - 1);
+  return f;
+}
+
+static bool phase_empty(const phase *f) {
+  return f->q.KH < 1 || f->q.KW < 1 || f->q.OH < 1 || f->q.OW < 1;
+}
+
+static bool strided(const pt_conv_params *p) {
+  return p->SH > 1 || p->SW > 1;
+}
+
+/* The input gradient of one image's row phase, when strided: SW column phases of C x rows x
+ * cols floats, rows and cols the most any phase has, interleaved into din from there. */
+static int64_t phase_rows(const pt_conv_params *p) {
+  return (p->H + p->SH - 1) / p->SH;
+}
+
+static int64_t phase_cols_in(const pt_conv_params *p) {
+  return (p->W + p->SW - 1) / p->SW;
+}
+
+static int64_t row_phase_floats(const pt_conv_params *p) {
+  return strided(p) ? (int64_t)p->SW * p->C * phase_rows(p) * phase_cols_in(p) : 0;
+}
+
+/* The row phases' buffer first, then the padded copy and the weights of the phase at work. */
+static int64_t data_scratch(const pt_conv_params *p) {
+  int64_t most = 0;
+  for (int ry = 0; ry < p->SH; ry++)
+    for (int rx = 0; rx < p->SW; rx++) {
+      const phase f = data_phase(p, ry, rx);
+      const int64_t s = phase_empty(&f) ? 0 : pt_direct_scratch(&f.q);
+      if (s > most) most = s;
+    }
+  return row_phase_floats(p) + most;
+}
+
+/* din (C, H, W) of one image += the row phase ry in t: column phase rx of channel c, row i, column
+ * j at t[((rx * C + c) * R + i) * Q + j]. */
+PT_CLONES static void interleave_add(float *din, const float *t, const pt_conv_params *p, int ry) {
+  const int C = p->C, H = p->H, W = p->W, SH = p->SH, SW = p->SW;
+  const int64_t R = phase_rows(p), Q = phase_cols_in(p), plane = (int64_t)C * R * Q;
+  for (int c = 0; c < C; c++)
+    for (int iy = ry, i = 0; iy < H; iy += SH, i++) {
+      float *d = din + ((size_t)c * H + iy) * W;
+      const float *s = t + ((size_t)c * R + i) * Q;
+      if (SW == 2) { /* the common case, in vectors */
+        const float *s1 = s + plane;
+        int j = 0;
+        for (; 2 * j + 1 < W; j++) {
+          d[2 * j] += s[j];
+          d[2 * j + 1] += s1[j];
+        }
+        if (2 * j < W) d[2 * j] += s[j];
+        continue;
+      }
+      for (int ix = 0; ix < W; ix++) d[ix] += s[(ix % SW) * plane + ix / SW];
+    }
+}
+
+void pt_direct_backward_data(float *din, const float *dout, const float *w, const pt_conv_params *p,
+                             float *scratch) {
+  const int C = p->C, H = p->H, W = p->W, OC = p->OC, KH = p->KH, KW = p->KW, SH = p->SH,
+            SW = p->SW;
+  const int64_t R = phase_rows(p), Q = phase_cols_in(p);
+  float *rows = scratch, *work = scratch + row_phase_floats(p);
+  for (int n = 0; n < p->N; n++)
+    for (int ry = 0; ry < SH; ry++) {
+      if (strided(p)) memset(rows, 0, sizeof(float) * (size_t)row_phase_floats(p));
+      for (int rx = 0; rx < SW; rx++) {
+        const phase f = data_phase(p, ry, rx);
+        if (phase_empty(&f)) continue;
+        const pt_conv_params *q = &f.q;
+        const int qKH = q->KH, qKW = q->KW;
+        /* q's output channels are p's input channels, and the other way round */
+#define DATA_W(c, oc, kh, kw)                                                                      \
+  w[(((size_t)(oc)*C + (c)) * KH + f.kh0 + SH * (qKH - 1 - (kh))) * KW + f.kw0 +                   \
+    SW * (qKW - 1 - (kw))]
+        LAY_OUT_WEIGHTS(work + pad_floats(q), q, DATA_W);
+#undef DATA_W
+        const float *dy = dout + (size_t)n * OC * p->OH * p->OW;
+        if (!strided(p)) {
+          direct_run(din + (size_t)n * C * H * W, dy, NULL, q, false, true, work);
+          continue;
+        }
+        /* into rows, as C planes of q->OH x q->OW, then spread over R x Q */
+        float *t = rows + (size_t)rx * C * R * Q;
+        direct_run(t, dy, NULL, q, false, false, work);
+        if (q->OW != Q || q->OH != R)
+          for (int k = C * q->OH - 1; k >= 0; k--) { /* the last row moves first */
+            const int c = k / q->OH, i = k % q->OH;
+            memmove(t + ((size_t)c * R + i) * Q, t + (size_t)k * q->OW, sizeof(float) * q->OW);
+          }
+      }
+      if (strided(p)) interleave_add(din + (size_t)n * C * H * W, rows, p, ry);
+    }
 }
 
 /* The weights' gradient sums, over the output pixels, the output gradient's channels (a vector of
@@ -207,34 +418,15 @@ static int64_t wg_dwt(const pt_conv_params *p) {
 }
 
 int64_t pt_direct_grad_scratch(const pt_conv_params *p) {
-  const pt_conv_params q = data_problem(p);
-  const int64_t d = pt_direct_scratch(&q), w = wg_xp(p) + wg_dyt(p) + wg_dwt(p);
+  const int64_t d = data_scratch(p), w = wg_xp(p) + wg_dyt(p) + wg_dwt(p);
   return d > w ? d : w;
-}
-
-void pt_direct_backward_data(float *din, const float *dout, const float *w, const pt_conv_params *p,
-                             float *scratch) {
-  const pt_conv_params q = data_problem(p);
-  const int C = p->C, OC = p->OC, KH = p->KH, KW = p->KW, taps = OC * KH * KW;
-  float *wt = scratch + pad_floats(&q);
-  for (int c0 = 0; c0 < C; c0 += 16)
-    for (int oc = 0; oc < OC; oc++)
-      for (int kh = 0; kh < KH; kh++)
-        for (int kw = 0; kw < KW; kw++) {
-          float *dst = wt + (size_t)c0 * taps + ((size_t)(oc * KH + kh) * KW + kw) * 16;
-          for (int o = 0; o < 16; o++)
-            dst[o] = c0 + o < C
-                         ? w[(((size_t)oc * C + c0 + o) * KH + KH - 1 - kh) * KW + KW - 1 - kw]
-                         : 0.0f;
-        }
-  direct_run(din, dout, NULL, &q, false, true, scratch);
 }
 
 /* One block: S taps (of which the first `used` are real) times OB output-channel blocks, summed
  * over every output pixel into dwt (rows of ocp floats, one per tap). x: the block's first tap
- * for output pixel (0, 0); xs: the floats between output rows; C: between pixels. */
+ * for output pixel (0, 0); xs: the floats between output rows; step: between pixels. */
 INLINE void wg_block(const int S, const int OB, float *dwt, int used, const float *x, size_t xs,
-                     int C, const float *dyt, int OH, int OW, int ocp) {
+                     int step, const float *dyt, int OH, int OW, int ocp) {
   v16 acc[WG_MAX];
   PT_UNROLL(28) for (int t = 0; t < S; t++) {
     PT_UNROLL(2) for (int b = 0; b < OB; b++) {
@@ -243,7 +435,7 @@ INLINE void wg_block(const int S, const int OB, float *dwt, int used, const floa
   }
   for (int oy = 0; oy < OH; oy++) {
     const float *xr = x + (size_t)oy * xs, *dr = dyt + (size_t)oy * OW * ocp;
-    for (int ox = 0; ox < OW; ox++, xr += C, dr += ocp) {
+    for (int ox = 0; ox < OW; ox++, xr += step, dr += ocp) {
       v16 d[2];
       PT_UNROLL(2) for (int b = 0; b < OB; b++) {
         d[b] = LOAD16(dr + b * 16);
@@ -264,15 +456,15 @@ INLINE void wg_block(const int S, const int OB, float *dwt, int used, const floa
 
 /* wg_block with S the taps rounded up to a multiple of 4 (one channel block) or 2 (two): one
  * unrolled copy per S. */
-PT_CLONES static void wg_run(int OB, int used, float *dwt, const float *x, size_t xs, int C,
+PT_CLONES static void wg_run(int OB, int used, float *dwt, const float *x, size_t xs, int step,
                              const float *dyt, int OH, int OW, int ocp) {
   const int k = OB == 2 ? (used + 1) / 2 : (used + 3) / 4;
 #define WG_CASE(K)                                                                                 \
   case K:                                                                                          \
     if (OB == 2)                                                                                   \
-      wg_block(2 * K, 2, dwt, used, x, xs, C, dyt, OH, OW, ocp);                                   \
+      wg_block(2 * K, 2, dwt, used, x, xs, step, dyt, OH, OW, ocp);                                \
     else                                                                                           \
-      wg_block(4 * K, 1, dwt, used, x, xs, C, dyt, OH, OW, ocp);                                   \
+      wg_block(4 * K, 1, dwt, used, x, xs, step, dyt, OH, OW, ocp);                                \
     return;
   switch (k < WG_MAX / 4 ? k : WG_MAX / 4) {
     WG_CASE(1)
@@ -322,7 +514,7 @@ PT_CLONES static void pointwise_weights(float *dw, const float *dy, const float 
 
 void pt_direct_backward_weights(float *dw, const float *dout, const float *in,
                                 const pt_conv_params *p, float *scratch) {
-  if (p->KH == 1 && p->KW == 1) { /* no padding either: it is under the kernel size */
+  if (p->KH == 1 && p->KW == 1 && !strided(p)) { /* no padding either: under the kernel size */
     const int64_t P = (int64_t)p->H * p->W;
     memset(scratch, 0, sizeof(float) * (size_t)P);
     for (int n = 0; n < p->N; n++)
@@ -358,7 +550,8 @@ void pt_direct_backward_weights(float *dw, const float *dout, const float *in,
       for (int kh = 0; kh < KH; kh++)
         for (int j0 = 0; j0 < KWC; j0 += per)
           wg_run(OB, KWC - j0 < per ? KWC - j0 : per, dwt + ((size_t)kh * KWC + j0) * ocp + b0 * 16,
-                 xp + (size_t)kh * Wp * C + j0, (size_t)Wp * C, C, dyt + b0 * 16, OH, OW, ocp);
+                 xp + (size_t)kh * Wp * C + j0, (size_t)p->SH * Wp * C, p->SW * C, dyt + b0 * 16,
+                 OH, OW, ocp);
     }
   }
   for (int oc = 0; oc < OC; oc++)
@@ -367,4 +560,60 @@ void pt_direct_backward_weights(float *dw, const float *dout, const float *in,
         for (int kw = 0; kw < KW; kw++)
           dw[(((size_t)oc * C + c) * KH + kh) * KW + kw] +=
               dwt[((size_t)kh * KWC + (size_t)kw * C + c) * ocp + oc];
+}
+
+/* ---- ConvTranspose ----
+ *
+ * A ConvTranspose p (C channels of H x W in, OC of OH x OW out, weights (C, OC, KH, KW)) is the
+ * input gradient of the convolution from OC channels of OH x OW to C of H x W with the same
+ * weights and geometry: its forward runs as that gradient, its input gradient as that
+ * convolution's forward, and its weights' gradient as that convolution's with the roles of input
+ * and output gradient swapped. */
+static pt_conv_params transposed(const pt_conv_params *p) {
+  pt_conv_params c = *p;
+  c.C = p->OC;
+  c.H = p->OH;
+  c.W = p->OW;
+  c.OC = p->C;
+  c.OH = p->H;
+  c.OW = p->W;
+  c.has_bias = false;
+  return c;
+}
+
+bool pt_direct_transpose_fits(const pt_conv_params *p) {
+  const pt_conv_params c = transposed(p);
+  return pt_direct_grad_fits(&c);
+}
+
+int64_t pt_direct_transpose_scratch(const pt_conv_params *p) {
+  const pt_conv_params c = transposed(p);
+  const int64_t f = pt_direct_scratch(&c), g = pt_direct_grad_scratch(&c);
+  return f > g ? f : g;
+}
+
+void pt_direct_transpose_forward(float *out, const float *in, const float *w, const float *b,
+                                 const pt_conv_params *p, float *scratch) {
+  const pt_conv_params c = transposed(p);
+  const int64_t P = (int64_t)p->OH * p->OW;
+  for (int n = 0; n < p->N; n++)
+    for (int oc = 0; oc < p->OC; oc++) {
+      float *o = out + ((size_t)n * p->OC + oc) * P;
+      const float v = p->has_bias && b ? b[oc] : 0.0f;
+      for (int64_t i = 0; i < P; i++) o[i] = v;
+    }
+  pt_direct_backward_data(out, in, w, &c, scratch);
+}
+
+void pt_direct_transpose_backward(float *din, float *dw, const float *dout, const float *in,
+                                  const float *w, const pt_conv_params *p, float *scratch) {
+  const pt_conv_params c = transposed(p);
+  if (dw) pt_direct_backward_weights(dw, in, dout, &c, scratch);
+  if (din) {
+    const int C = c.C, KH = c.KH, KW = c.KW;
+#define FWD_W(oc, ch, kh, kw) w[(((size_t)(oc)*C + (ch)) * KH + (kh)) * KW + (kw)]
+    LAY_OUT_WEIGHTS(scratch + pad_floats(&c), &c, FWD_W);
+#undef FWD_W
+    direct_run(din, dout, NULL, &c, false, true, scratch);
+  }
 }

@@ -149,7 +149,7 @@ typedef union pt_op_params {
   pt_resize_params resize;
 } pt_op_params;
 
-/* direct.c: the forward of stride-1 convolutions of one group, no dilation (bias added, then
+/* direct.c: the forward of convolutions of one group, any stride, no dilation (bias added, then
  * with relu the ReLU, NaN passed on; out overwritten). conv.c's forward runs every such layer
  * there; few taps (C x KH x KW at most PT_DIRECT_MAX_TAPS) is where the executor prefers it to
  * oneDNN. */
@@ -159,8 +159,8 @@ bool pt_direct_few_taps(const pt_conv_params *p);
 int64_t pt_direct_scratch(const pt_conv_params *p);
 void pt_direct_forward(float *out, const float *in, const float *w, const float *b,
                        const pt_conv_params *p, bool relu, float *scratch);
-/* direct.c: the gradients of stride-1 convolutions of one group, no dilation and padding under the
- * kernel size, any number of taps: din += and dw += (the accumulate rule). conv.c's backward runs
+/* direct.c: the gradients of convolutions of one group, any stride, no dilation and padding under
+ * the kernel size, any number of taps: din += and dw += (the accumulate rule). conv.c's backward runs
  * each there where it suits: not on 1x1 layers of 16 channels or more on both sides (a plain
  * matrix product), and the input gradient only with 16 input channels or more and rows of 16
  * pixels or more (its vectors hold 16 of each) */
@@ -172,6 +172,14 @@ void pt_direct_backward_data(float *din, const float *dout, const float *w,
                              const pt_conv_params *p, float *scratch);
 void pt_direct_backward_weights(float *dw, const float *dout, const float *in,
                                 const pt_conv_params *p, float *scratch);
+/* direct.c: ConvTranspose of one group, no dilation, padding under the kernel size: out =,
+ * din += and dw += (the bias's gradient is conv.c's) */
+bool pt_direct_transpose_fits(const pt_conv_params *p);
+int64_t pt_direct_transpose_scratch(const pt_conv_params *p);
+void pt_direct_transpose_forward(float *out, const float *in, const float *w, const float *b,
+                                 const pt_conv_params *p, float *scratch);
+void pt_direct_transpose_backward(float *din, float *dw, const float *dout, const float *in,
+                                  const float *w, const pt_conv_params *p, float *scratch);
 
 /* conv.c */
 int64_t pt_conv2d_scratch(const pt_conv_params *p); /* floats of scratch forward/backward need */

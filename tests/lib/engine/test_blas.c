@@ -30,10 +30,11 @@ static void on_log(void *user, pt_log_level lvl, const char *msg) {
   snprintf(last, sizeof last, "%s", msg);
 }
 
-/* pt_sgemm against a plain triple loop, every transpose, with alpha and beta, on shapes like the
- * kernels' (a 1x1 head, an im2col product). */
+/* pt_sgemm against a plain triple loop, every transpose, with alpha and beta (2, and 0 over a
+ * NaN, which is not read), on shapes like the kernels' (a 1x1 head, an im2col product, a Linear
+ * layer's weights' gradient at batch 1: a sum over one term). */
 static void check_sgemm(void) {
-  const int shapes[][3] = {{10, 1024, 16}, {16, 257, 144}, {1, 7, 3}};
+  const int shapes[][3] = {{10, 1024, 16}, {16, 257, 144}, {1, 7, 3}, {64, 2048, 1}, {5, 3, 1}};
   unsigned long long seed = 11;
   for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
     const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
@@ -41,22 +42,23 @@ static void check_sgemm(void) {
     float *c = malloc(sizeof(float) * M * N), *want = malloc(sizeof(float) * M * N);
     for (int i = 0; i < M * K; i++) a[i] = pt_test_uniform(&seed, -1.f, 1.f);
     for (int i = 0; i < K * N; i++) b[i] = pt_test_uniform(&seed, -1.f, 1.f);
-    for (int t = 0; t < 4; t++) {
-      bool ta = t & 1, tb = t & 2;
-      for (int i = 0; i < M * N; i++) c[i] = want[i] = (float)(i % 7) - 3.f;
+    for (int t = 0; t < 8; t++) {
+      const bool ta = t & 1, tb = t & 2;
+      const float beta = t & 4 ? 0.0f : 2.0f;
+      for (int i = 0; i < M * N; i++) c[i] = want[i] = beta ? (float)(i % 7) - 3.f : NAN;
       for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
           double acc = 0;
           for (int k = 0; k < K; k++)
             acc += (double)(ta ? a[k * M + i] : a[i * K + k]) * (tb ? b[j * K + k] : b[k * N + j]);
-          want[i * N + j] = (float)(0.5 * acc + 2.0 * want[i * N + j]);
+          want[i * N + j] = (float)(0.5 * acc + (beta ? beta * want[i * N + j] : 0.0));
         }
       pt_sgemm(ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, 0.5f, a,
-               ta ? M : K, b, tb ? K : N, 2.0f, c, N);
+               ta ? M : K, b, tb ? K : N, beta, c, N);
       double worst = 0;
       for (int i = 0; i < M * N; i++) worst = fmax(worst, fabs(c[i] - want[i]));
-      CHECK(worst < 1e-4, "%s sgemm %dx%dx%d%s%s: max |error| %g", pt_sgemm_library(), M, N, K,
-            ta ? " A^T" : "", tb ? " B^T" : "", worst);
+      CHECK(worst < 1e-4, "%s sgemm %dx%dx%d%s%s beta %g: max |error| %g", pt_sgemm_library(), M, N,
+            K, ta ? " A^T" : "", tb ? " B^T" : "", beta, worst);
     }
     free(a);
     free(b);

@@ -3,11 +3,12 @@
  *
  * That holds for the engine and the CPU kernels; oneDNN's primitive execution builds its argument
  * map on the heap at every call. So the strict check runs builtin:classifier with PARTIME_DNNL=0,
- * and, with the default kernels, smallnet.onnx (argv[1]'s directory), whose layers are the kinds
+ * and, with the default kernels: smallnet.onnx (argv[1]'s directory), whose layers are the kinds
  * of the benchmark network `small`: a first layer and a head on cpu/direct.c, F(4x4, 3x3) layers
- * between them, their gradients on cpu/direct.c too. None of them calls oneDNN, in inference or
- * in training. The runs that do call it print their count per frame (figures for
- * docs/performance.md, not assertions).
+ * between them, their gradients on cpu/direct.c too; and builtin:autoencoder, whose strided
+ * convolutions and ConvTransposes run on cpu/direct.c, forward and gradients. None of them calls
+ * oneDNN, in inference or in training. The runs that do call it print their count per frame
+ * (figures for docs/performance.md, not assertions).
  *
  * The test binary interposes malloc and friends (glibc's __libc_* entry points do the work) and
  * counts calls while a flag is up. Sanitizers interpose the allocator themselves: under them the
@@ -167,6 +168,11 @@ int main(int argc, char **argv) {
   /* a cut through a 16-channel 3x3 layer, as the partitioner makes on `small`: its halves have 8
    * output channels, on cpu/direct.c forward and backward */
   for (int train = 0; train < 2; train++) run_cut(smallnet, 2, "4+8,-1", train, false, true);
+  for (int D = 1; D <= 2; D++)
+    for (int train = 0; train < 2; train++) {
+      run("builtin:autoencoder", D, train, false, true);
+      run("builtin:autoencoder", D, train, true, true);
+    }
   setenv("PARTIME_DNNL", "0", 1);
   for (int D = 1; D <= 2; D++)
     for (int train = 0; train < 2; train++) {

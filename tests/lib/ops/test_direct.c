@@ -1,17 +1,21 @@
-/* The direct forward of stride-1 convolutions (lib/cpu/direct.c) against a plain seven-loop
- * convolution: the benchmark networks' first layers and heads, 80 to 800 taps, every kernel size
- * up to 5x5 and 3x5, asymmetric and zero padding, rows of whole vectors read in place and rows with
- * a partial last vector (1 to 33 columns), output channels in and past blocks of 16, batch 2,
- * with and without bias; with the ReLU folded in (NaN passed on); the scratch it asks for is all
- * it writes; conv.c's forward and the executor's plan (its ReLU folded) take this path for such
- * layers; the shapes it refuses.
+/* The direct forward of convolutions (lib/cpu/direct.c) against a plain seven-loop convolution: the
+ * benchmark networks' first layers and heads, 80 to 800 taps, every kernel size up to 5x5 and 3x5,
+ * asymmetric and zero padding, rows of whole vectors read in place and rows with a partial last
+ * vector (1 to 33 columns), output channels in and past blocks of 16, batch 2, with and without
+ * bias; with the ReLU folded in (NaN passed on); the scratch it asks for is all it writes; conv.c's
+ * forward and the executor's plan (its ReLU folded) take this path for such layers; the shapes it
+ * refuses.
  *
  * Its gradients likewise, against the sums written out in double: the input's and the weights',
  * added into what the gradients held (the accumulate rule), on the same kinds of layer and on
  * 16-channel 3x3 layers, taps in one block or several, one or two blocks of 16 output channels
  * at once, partial blocks of input and output channels, 1x1 layers (their own weights' kernel)
  * with a partial last vector of pixels; conv.c's backward runs them where its rule says they
- * suit; the executor's rule leaves them off oneDNN where they keep pace with it. */
+ * suit; the executor's rule leaves them off oneDNN where they keep pace with it.
+ *
+ * Strided layers, forward and gradients: the autoencoder's, phases of the input gradient with no
+ * taps or negative pads, strides 3x2 and 1x3. ConvTranspose (the input gradient of a convolution)
+ * on the same kernels, output padding included, and conv.c's ConvTranspose running them. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,7 +43,7 @@ static void reference(float *y, const float *x, const float *w, const float *b,
           for (int c = 0; c < p->C; c++)
             for (int kh = 0; kh < p->KH; kh++)
               for (int kw = 0; kw < p->KW; kw++) {
-                const int iy = oy + kh - p->PT, ix = ox + kw - p->PL;
+                const int iy = oy * p->SH + kh - p->PT, ix = ox * p->SW + kw - p->PL;
                 if (iy < 0 || iy >= p->H || ix < 0 || ix >= p->W) continue;
                 s += (double)x[(((size_t)n * p->C + c) * p->H + iy) * p->W + ix] *
                      w[(((size_t)oc * p->C + c) * p->KH + kh) * p->KW + kw];
@@ -101,7 +105,7 @@ static void reference_grads(double *dx, double *sx, double *dw, double *sw, cons
           for (int c = 0; c < p->C; c++)
             for (int kh = 0; kh < p->KH; kh++)
               for (int kw = 0; kw < p->KW; kw++) {
-                const int iy = oy + kh - p->PT, ix = ox + kw - p->PL;
+                const int iy = oy * p->SH + kh - p->PT, ix = ox * p->SW + kw - p->PL;
                 if (iy < 0 || iy >= p->H || ix < 0 || ix >= p->W) continue;
                 const size_t xi = (((size_t)n * p->C + c) * p->H + iy) * p->W + ix,
                              wi = (((size_t)oc * p->C + c) * p->KH + kh) * p->KW + kw;
@@ -171,17 +175,88 @@ static void check_grads(const pt_conv_params *p, const char *what) {
   for (size_t i = 0; i < sizeof alld / sizeof alld[0]; i++) free(alld[i]);
 }
 
-/* base with stride 2, with dilation 2, and with two groups: no[0..2], which no kernel here
- * takes. */
-static void unfit(pt_conv_params no[3], pt_conv_params base) {
-  for (int i = 0; i < 3; i++) no[i] = base;
-  no[0].SH = no[0].SW = 2;
-  no[1].DH = no[1].DW = 2;
-  no[2].G = 2;
-  for (int i = 0; i < 2; i++) {
-    no[i].OH = (base.H + base.PT + base.PB - no[i].DH * (base.KH - 1) - 1) / no[i].SH + 1;
-    no[i].OW = (base.W + base.PL + base.PR - no[i].DW * (base.KW - 1) - 1) / no[i].SW + 1;
-  }
+/* base with dilation 2, and with two groups: no[0..1], which no kernel here takes. */
+static void unfit(pt_conv_params no[2], pt_conv_params base) {
+  for (int i = 0; i < 2; i++) no[i] = base;
+  no[0].DH = no[0].DW = 2;
+  no[0].OH = base.H + base.PT + base.PB - 2 * (base.KH - 1);
+  no[0].OW = base.W + base.PL + base.PR - 2 * (base.KW - 1);
+  no[1].G = 2;
+}
+
+/* base at strides SH x SW, its output shrunk to match. */
+static pt_conv_params strided(pt_conv_params base, int SH, int SW) {
+  base.SH = SH;
+  base.SW = SW;
+  base.OH = (base.H + base.PT + base.PB - base.KH) / SH + 1;
+  base.OW = (base.W + base.PL + base.PR - base.KW) / SW + 1;
+  return base;
+}
+
+/* A ConvTranspose t (weights (C, OC, KH, KW)) against the convolution c it is the input gradient
+ * of (C and OC, H and OH, W and OW swapped): its output is c's input gradient of t's input, its
+ * input gradient c's output of t's output gradient, its weights' gradient c's with those two.
+ * All three in double (reference_grads, reference), against the kernels and conv.c. */
+static void check_transpose(const pt_conv_params *t, const char *what) {
+  pt_conv_params c = *t;
+  c.C = t->OC, c.H = t->OH, c.W = t->OW, c.OC = t->C, c.OH = t->H, c.OW = t->W;
+  c.has_bias = false;
+  CHECK(pt_direct_transpose_fits(t), "%s: fits", what);
+  const int64_t nx = (int64_t)t->N * t->C * t->H * t->W, nw = (int64_t)t->C * t->OC * t->KH * t->KW,
+                ny = (int64_t)t->N * t->OC * t->OH * t->OW, ns = pt_direct_transpose_scratch(t);
+  float *x = random_f(nx), *w = random_f(nw), *b = random_f(t->OC), *dy = random_f(ny);
+  float *dx0 = random_f(nx), *dw0 = random_f(nw), *y = malloc(sizeof(float) * ny);
+  float *dx = malloc(sizeof(float) * nx), *dw = malloc(sizeof(float) * nw);
+  float *scratch = malloc(sizeof(float) * (size_t)(ns + 64));
+  for (int i = 0; i < 64; i++) scratch[ns + i] = 1234.5f;
+  double *ry = calloc(ny, sizeof(double)), *sy = calloc(ny, sizeof(double)),
+         *rw = calloc(nw, sizeof(double)), *sw = calloc(nw, sizeof(double)),
+         *rx = calloc(nx, sizeof(double)), *sx = calloc(nx, sizeof(double));
+  float *want_dx = malloc(sizeof(float) * nx), *y0 = malloc(sizeof(float) * ny);
+  /* out: c's input gradient of x, on the bias */
+  reference_grads(ry, sy, rw, sw, dy, w, x, &c);
+  for (int64_t i = 0; i < ny; i++) y0[i] = t->has_bias ? b[i / (t->OH * t->OW) % t->OC] : 0.0f;
+  for (int64_t i = 0; i < ny; i++) y[i] = NAN;
+  pt_direct_transpose_forward(y, x, w, b, t, scratch);
+  grad_ok(y, y0, ry, sy, ny, what, "ConvTranspose's output");
+  /* dw: c's weights' gradient, input dy and output gradient x (rw above) */
+  memcpy(dw, dw0, sizeof(float) * nw);
+  memcpy(dx, dx0, sizeof(float) * nx);
+  pt_direct_transpose_backward(dx, dw, dy, x, w, t, scratch);
+  grad_ok(dw, dw0, rw, sw, nw, what, "ConvTranspose's weights' gradient");
+  /* dx: c's output of dy */
+  reference(want_dx, dy, w, NULL, &c);
+  for (int64_t i = 0; i < nx; i++) rx[i] = (double)want_dx[i], sx[i] = fabs(want_dx[i]) + 1.0;
+  grad_ok(dx, dx0, rx, sx, nx, what, "ConvTranspose's input gradient");
+  bool canary = true;
+  for (int i = 0; i < 64; i++) canary = canary && scratch[ns + i] == 1234.5f;
+  CHECK(canary, "%s: nothing written past its %lld floats of scratch", what, (long long)ns);
+  /* conv.c's ConvTranspose runs them */
+  float *cs = malloc(sizeof(float) * (size_t)pt_conv_transpose2d_scratch(t));
+  float *cy = malloc(sizeof(float) * ny), *cdx = malloc(sizeof(float) * nx),
+        *cdw = malloc(sizeof(float) * nw);
+  pt_conv_transpose2d_forward(cy, x, w, b, t, cs);
+  memcpy(cdx, dx0, sizeof(float) * nx);
+  memcpy(cdw, dw0, sizeof(float) * nw);
+  pt_conv_transpose2d_backward(cdx, cdw, NULL, dy, x, w, t, cs);
+  CHECK(memcmp(cy, y, sizeof(float) * ny) == 0 && memcmp(cdx, dx, sizeof(float) * nx) == 0 &&
+            memcmp(cdw, dw, sizeof(float) * nw) == 0,
+        "%s: conv.c's ConvTranspose runs the kernels (bit-identical)", what);
+  float *all[] = {x, w, b, dy, dx0, dw0, y, dx, dw, scratch, want_dx, y0, cs, cy, cdx, cdw};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+  double *alld[] = {ry, sy, rw, sw, rx, sx};
+  for (size_t i = 0; i < sizeof alld / sizeof alld[0]; i++) free(alld[i]);
+}
+
+/* ConvTranspose t: C -> OC channels, H x W in, kernel, strides, pads (top, left, bottom, right)
+ * and output_padding op along both axes. */
+static pt_conv_params convt(int N, int C, int H, int W, int OC, int KH, int KW, int SH, int SW,
+                            int pt, int pl, int pb, int pr, int op, bool bias) {
+  pt_conv_params t = conv_test_shape(N, C, H, W, OC, KH, KW, pt, pl, pb, pr, bias);
+  t.SH = SH, t.SW = SW;
+  t.OH = (H - 1) * SH + KH - pt - pb + op;
+  t.OW = (W - 1) * SW + KW - pl - pr + op;
+  return t;
 }
 
 typedef struct named {
@@ -260,6 +335,40 @@ int main(void) {
   };
   for (size_t i = 0; i < sizeof grads / sizeof grads[0]; i++)
     check_grads(&grads[i].p, grads[i].what);
+  /* strided: the forward reads its input split into column phases; the input gradient runs as
+   * one stride-1 convolution per phase of the input (some of them empty, or with negative pads),
+   * interleaved into it */
+  const named steps[] = {
+      {strided(conv_test_shape(1, 3, 64, 64, 16, 3, 3, 1, 1, 1, 1, true), 2, 2),
+       "builtin:autoencoder's first layer, 3x3 s2"},
+      {strided(conv_test_shape(1, 16, 32, 32, 32, 3, 3, 1, 1, 1, 1, true), 2, 2),
+       "builtin:autoencoder's 16->32 3x3 s2"},
+      {strided(conv_test_shape(2, 17, 9, 11, 5, 1, 1, 0, 0, 0, 0, true), 2, 2),
+       "1x1 s2 17->5 on 9x11, batch 2: phases without taps"},
+      {strided(conv_test_shape(1, 20, 13, 15, 18, 3, 3, 2, 2, 0, 1, false), 2, 2),
+       "3x3 s2 pads 2,2,0,1 on 13x15: phases padded by -1"},
+      {strided(conv_test_shape(2, 6, 14, 37, 33, 5, 4, 2, 1, 1, 3, true), 3, 2),
+       "5x4 strides 3x2, asymmetric pads, 33 ch, batch 2"},
+      {strided(conv_test_shape(1, 16, 8, 8, 16, 2, 2, 0, 0, 0, 0, true), 2, 2),
+       "2x2 s2 on 8x8: no overlap"},
+      {strided(conv_test_shape(1, 4, 11, 10, 7, 3, 3, 1, 0, 1, 2, true), 1, 3), "3x3 strides 1x3"},
+  };
+  for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+    check(&steps[i].p, steps[i].what);
+    check_grads(&steps[i].p, steps[i].what);
+  }
+  const named transposes[] = {
+      {convt(1, 32, 16, 16, 16, 4, 4, 2, 2, 1, 1, 1, 1, 0, true),
+       "builtin:autoencoder's ConvTranspose 4x4 s2 32->16"},
+      {convt(1, 16, 32, 32, 3, 4, 4, 2, 2, 1, 1, 1, 1, 0, true),
+       "builtin:autoencoder's ConvTranspose 4x4 s2 16->3: few output channels"},
+      {convt(2, 5, 7, 9, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, false),
+       "3x3 s2, output padding 1, batch 2: taps 2 and 1 per phase"},
+      {convt(1, 17, 6, 11, 18, 3, 5, 1, 3, 0, 2, 1, 4, 0, true),
+       "3x5 strides 1x3, asymmetric pads, 17 -> 18 ch"},
+  };
+  for (size_t i = 0; i < sizeof transposes / sizeof transposes[0]; i++)
+    check_transpose(&transposes[i].p, transposes[i].what);
   /* the executor's rule: those gradients stay off oneDNN, where cpu/wino.c does not take them */
   if (pt_dnnl_available()) {
     const pt_conv_params first = conv_test_shape(1, 3, 32, 32, 16, 3, 3, 1, 1, 1, 1, true),
@@ -280,14 +389,12 @@ int main(void) {
     CHECK(pt_dnnl_conv_preferred(&pw16, false) & PT_DNNL_BACKWARD_WEIGHTS,
           "1x1 16->16 at 32x32 weights' gradient: oneDNN (no direct kernel suits)");
   }
-  pt_conv_params nog[4];
+  pt_conv_params nog[3];
   unfit(nog, conv_test_shape(1, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, true));
-  nog[3] = conv_test_shape(1, 16, 16, 16, 16, 3, 3, 3, 1, 1, 1, true);
-  for (size_t i = 0; i < 4; i++)
+  nog[2] = conv_test_shape(1, 16, 16, 16, 16, 3, 3, 3, 1, 1, 1, true);
+  for (size_t i = 0; i < 3; i++)
     CHECK(!pt_direct_grad_fits(&nog[i]),
-          "gradients of shape %zu (stride 2, dilation 2, groups, a pad of the kernel's size) "
-          "refused",
-          i);
+          "gradients of shape %zu (dilation 2, groups, a pad of the kernel's size) refused", i);
   const pt_conv_params c15 = conv_test_shape(1, 15, 32, 32, 16, 3, 3, 1, 1, 1, 1, true),
                        w8 = conv_test_shape(1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, true),
                        pw = conv_test_shape(1, 64, 16, 16, 64, 1, 1, 0, 0, 0, 0, true);
@@ -298,12 +405,12 @@ int main(void) {
   CHECK(pt_direct_grad_fits(&pw) && !pt_direct_weights_suit(&pw) && !pt_direct_data_suits(&pw),
         "1x1 64->64: neither (a plain matrix product)");
 
-  pt_conv_params no[4];
+  pt_conv_params no[3];
   unfit(no, conv_test_shape(1, 3, 16, 16, 16, 3, 3, 1, 1, 1, 1, true));
-  no[3] = conv_test_shape(1, 9, 16, 16, 16, 3, 3, 1, 1, 1, 1, true);
-  for (size_t i = 0; i < 3; i++)
-    CHECK(!pt_direct_fits(&no[i]), "shape %zu (stride 2, dilation 2, groups) refused", i);
-  CHECK(pt_direct_fits(&no[3]) && !pt_direct_few_taps(&no[3]) && pt_direct_few_taps(&nets[0].p),
+  no[2] = conv_test_shape(1, 9, 16, 16, 16, 3, 3, 1, 1, 1, 1, true);
+  for (size_t i = 0; i < 2; i++)
+    CHECK(!pt_direct_fits(&no[i]), "shape %zu (dilation 2, groups) refused", i);
+  CHECK(pt_direct_fits(&no[2]) && !pt_direct_few_taps(&no[2]) && pt_direct_few_taps(&nets[0].p),
         "81 taps: the kernel takes them, the executor's preference for few taps does not");
   PT_TEST_END();
 }
