@@ -319,15 +319,66 @@ static int64_t row_phase_floats(const pt_conv_params *p) {
 }
 
 /* The row phases' buffer first, then the padded copy and the weights of the phase at work. */
+/* The phases of a strided input gradient read one zero-padded copy of the output gradient,
+ * padded by the most any phase needs: phase q starts top - q.PT rows and left - q.PL columns into
+ * it. */
+typedef struct shared_pad {
+  int top, left, rows, cols;
+} shared_pad;
+
+static shared_pad common_pad(const pt_conv_params *p) {
+  shared_pad s = {0, 0, 0, 0};
+  bool first = true;
+  for (int ry = 0; ry < p->SH; ry++)
+    for (int rx = 0; rx < p->SW; rx++) {
+      const phase f = data_phase(p, ry, rx);
+      if (phase_empty(&f)) continue;
+      if (first || f.q.PT > s.top) s.top = f.q.PT;
+      if (first || f.q.PL > s.left) s.left = f.q.PL;
+      first = false;
+    }
+  for (int ry = 0; ry < p->SH; ry++)
+    for (int rx = 0; rx < p->SW; rx++) {
+      const phase f = data_phase(p, ry, rx);
+      if (phase_empty(&f)) continue;
+      const int rows = s.top - f.q.PT + f.q.OH + f.q.KH - 1,
+                cols = s.left - f.q.PL + (f.q.OW + 15) / 16 * 16 + f.q.KW - 1;
+      if (rows > s.rows) s.rows = rows;
+      if (cols > s.cols) s.cols = cols;
+    }
+  return s;
+}
+
+/* Strided: the row phases' buffer, the shared copy, then the weights of the phase at work. At
+ * stride 1: the one phase's padded copy and weights. */
 static int64_t data_scratch(const pt_conv_params *p) {
   int64_t most = 0;
   for (int ry = 0; ry < p->SH; ry++)
     for (int rx = 0; rx < p->SW; rx++) {
       const phase f = data_phase(p, ry, rx);
-      const int64_t s = phase_empty(&f) ? 0 : pt_direct_scratch(&f.q);
+      if (phase_empty(&f)) continue;
+      const int64_t s = strided(p) ? pt_direct_scratch(&f.q) - (int64_t)pad_floats(&f.q)
+                                   : pt_direct_scratch(&f.q);
       if (s > most) most = s;
     }
-  return row_phase_floats(p) + most;
+  if (!strided(p)) return most;
+  const shared_pad s = common_pad(p);
+  return row_phase_floats(p) + (int64_t)p->OC * s.rows * s.cols + most;
+}
+
+/* One image's output gradient dy (OC, OH, OW) into the shared copy. */
+static void pad_shared(float *pad, const float *dy, const pt_conv_params *p, const shared_pad *s) {
+  const int OH = p->OH, OW = p->OW;
+  const int lo = s->left < 0 ? -s->left : 0, hi = OW < s->cols - s->left ? OW : s->cols - s->left;
+  memset(pad, 0, sizeof(float) * (size_t)p->OC * s->rows * s->cols);
+  if (hi <= lo) return;
+  for (int oc = 0; oc < p->OC; oc++)
+    for (int oy = 0; oy < OH; oy++) {
+      const int py = oy + s->top;
+      if (py < 0 || py >= s->rows) continue;
+      memcpy(pad + ((size_t)oc * s->rows + py) * s->cols + s->left + lo,
+             dy + ((size_t)oc * OH + oy) * OW + lo, sizeof(float) * (size_t)(hi - lo));
+    }
 }
 
 /* din (C, H, W) of one image += the row phase ry in t: column phase rx of channel c, row i, column
@@ -353,42 +404,55 @@ PT_CLONES static void interleave_add(float *din, const float *t, const pt_conv_p
     }
 }
 
+/* q's weights for phase f, turned, for direct_image: q's output channels are p's input channels,
+ * and the other way round. */
+static void phase_weights(float *wt, const float *w, const pt_conv_params *p, const phase *f) {
+  const pt_conv_params *q = &f->q;
+  const int C = p->C, KH = p->KH, KW = p->KW, SH = p->SH, SW = p->SW, qKH = q->KH, qKW = q->KW;
+#define DATA_W(c, oc, kh, kw)                                                                      \
+  w[(((size_t)(oc)*C + (c)) * KH + f->kh0 + SH * (qKH - 1 - (kh))) * KW + f->kw0 +                 \
+    SW * (qKW - 1 - (kw))]
+  LAY_OUT_WEIGHTS(wt, q, DATA_W);
+#undef DATA_W
+}
+
 void pt_direct_backward_data(float *din, const float *dout, const float *w, const pt_conv_params *p,
                              float *scratch) {
-  const int C = p->C, H = p->H, W = p->W, OC = p->OC, KH = p->KH, KW = p->KW, SH = p->SH,
-            SW = p->SW;
+  const int C = p->C, H = p->H, W = p->W, OC = p->OC;
+  if (!strided(p)) {
+    const phase f = data_phase(p, 0, 0);
+    phase_weights(scratch + pad_floats(&f.q), w, p, &f);
+    for (int n = 0; n < p->N; n++)
+      direct_run(din + (size_t)n * C * H * W, dout + (size_t)n * OC * p->OH * p->OW, NULL, &f.q,
+                 false, true, scratch);
+    return;
+  }
   const int64_t R = phase_rows(p), Q = phase_cols_in(p);
-  float *rows = scratch, *work = scratch + row_phase_floats(p);
-  for (int n = 0; n < p->N; n++)
-    for (int ry = 0; ry < SH; ry++) {
-      if (strided(p)) memset(rows, 0, sizeof(float) * (size_t)row_phase_floats(p));
-      for (int rx = 0; rx < SW; rx++) {
+  const shared_pad s = common_pad(p);
+  float *rows = scratch, *pad = rows + row_phase_floats(p),
+        *wt = pad + (size_t)OC * s.rows * s.cols;
+  for (int n = 0; n < p->N; n++) {
+    pad_shared(pad, dout + (size_t)n * OC * p->OH * p->OW, p, &s);
+    for (int ry = 0; ry < p->SH; ry++) {
+      memset(rows, 0, sizeof(float) * (size_t)row_phase_floats(p));
+      for (int rx = 0; rx < p->SW; rx++) {
         const phase f = data_phase(p, ry, rx);
         if (phase_empty(&f)) continue;
         const pt_conv_params *q = &f.q;
-        const int qKH = q->KH, qKW = q->KW;
-        /* q's output channels are p's input channels, and the other way round */
-#define DATA_W(c, oc, kh, kw)                                                                      \
-  w[(((size_t)(oc)*C + (c)) * KH + f.kh0 + SH * (qKH - 1 - (kh))) * KW + f.kw0 +                   \
-    SW * (qKW - 1 - (kw))]
-        LAY_OUT_WEIGHTS(work + pad_floats(q), q, DATA_W);
-#undef DATA_W
-        const float *dy = dout + (size_t)n * OC * p->OH * p->OW;
-        if (!strided(p)) {
-          direct_run(din + (size_t)n * C * H * W, dy, NULL, q, false, true, work);
-          continue;
-        }
+        phase_weights(wt, w, p, &f);
         /* into rows, as C planes of q->OH x q->OW, then spread over R x Q */
         float *t = rows + (size_t)rx * C * R * Q;
-        direct_run(t, dy, NULL, q, false, false, work);
+        direct_image(t, pad + (size_t)(s.top - q->PT) * s.cols + (s.left - q->PL), s.rows, s.cols,
+                     wt, NULL, false, false, q);
         if (q->OW != Q || q->OH != R)
           for (int k = C * q->OH - 1; k >= 0; k--) { /* the last row moves first */
             const int c = k / q->OH, i = k % q->OH;
             memmove(t + ((size_t)c * R + i) * Q, t + (size_t)k * q->OW, sizeof(float) * q->OW);
           }
       }
-      if (strided(p)) interleave_add(din + (size_t)n * C * H * W, rows, p, ry);
+      interleave_add(din + (size_t)n * C * H * W, rows, p, ry);
     }
+  }
 }
 
 /* The weights' gradient sums, over the output pixels, the output gradient's channels (a vector of
