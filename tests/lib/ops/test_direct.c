@@ -383,8 +383,25 @@ int main(void) {
                          mid16 = conv_test_shape(1, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, true);
     CHECK((pt_dnnl_conv_preferred(&deep, false) & grad_ops) == grad_ops,
           "64->64 3x3 at 8x8 gradients: oneDNN, faster there");
-    CHECK((pt_dnnl_conv_preferred(&mid16, false) & grad_ops) == grad_ops,
-          "16->16 3x3 at 16x16 gradients: oneDNN");
+    CHECK(pt_dnnl_conv_preferred(&mid16, false) == 0,
+          "16->16 3x3 at 16x16: small, all on cpu/direct.c");
+    /* small layers: the built-in models' (all on cpu/direct.c) against larger ones */
+    const pt_conv_params cls = conv_test_shape(1, 16, 16, 16, 32, 3, 3, 1, 1, 1, 1, true),
+                         wide16 = conv_test_shape(1, 32, 16, 16, 32, 3, 3, 1, 1, 1, 1, true),
+                         ae = strided(conv_test_shape(1, 16, 32, 32, 32, 3, 3, 1, 1, 1, 1, true), 2,
+                                      2),
+                         big = strided(conv_test_shape(1, 64, 56, 56, 128, 3, 3, 1, 1, 1, 1, true),
+                                       2, 2),
+                         aet = convt(1, 32, 16, 16, 16, 4, 4, 2, 2, 1, 1, 1, 1, 0, true),
+                         bigt = convt(1, 64, 32, 32, 64, 4, 4, 2, 2, 1, 1, 1, 1, 0, true);
+    CHECK(pt_dnnl_conv_preferred(&cls, false) == 0,
+          "builtin:classifier's 16->32 3x3 at 16x16: all on cpu/direct.c");
+    CHECK((pt_dnnl_conv_preferred(&wide16, false) & grad_ops) == grad_ops,
+          "32->32 3x3 at 16x16 (2.4 M multiply-adds): gradients on oneDNN");
+    CHECK(pt_dnnl_conv_preferred(&ae, false) == 0 && pt_dnnl_conv_preferred(&aet, true) == 0,
+          "builtin:autoencoder's strided and transposed layers: all on cpu/direct.c");
+    CHECK(pt_dnnl_conv_preferred(&big, false) != 0 && pt_dnnl_conv_preferred(&bigt, true) != 0,
+          "larger strided and transposed layers: on oneDNN");
     const pt_conv_params pw16 = conv_test_shape(1, 16, 32, 32, 16, 1, 1, 0, 0, 0, 0, true);
     CHECK(pt_dnnl_conv_preferred(&pw16, false) & PT_DNNL_BACKWARD_WEIGHTS,
           "1x1 16->16 at 32x32 weights' gradient: oneDNN (no direct kernel suits)");
