@@ -951,16 +951,17 @@ static bool direct_grads_suit(const pt_conv_params *p) {
  * kernels ran them 1.0-2.3x faster (conv_bench, Xeon, ms per call, direct / oneDNN: forward,
  * input gradient, weights' gradient). On layers this small oneDNN's lead is a few microseconds a
  * pass, and each of its executions allocates on the heap (17 blocks for a forward):
- *  - strided convolutions and ConvTransposes of at most 2.5 M multiply-adds a pass: 3x3 s2 3->16
- *    at 64x64 0.035 / 0.036, -, 0.017 / 0.010; 3x3 s2 16->32 at 32x32 0.025 / 0.021, 0.034 /
- *    0.027, 0.021 / 0.022; ConvTranspose 4x4 s2 32->16 at 16x16 0.058 / 0.040, 0.071 / 0.031,
- *    0.040 / 0.035; 4x4 s2 16->3 at 32x32 0.072 / 0.069, 0.022 / 0.019, 0.019 / 0.012;
- *  - stride-1 layers of at most 1.2 M that Winograd does not take, whose gradients both suit the
- *    direct kernels, and whose forward is not already direct in the plan (few taps, where the
- *    plan folds the ReLU): 3x3 16->32 at 16x16 0.023-0.027 / 0.019-0.020, 0.024-0.031 /
+ *  - strided convolutions and ConvTransposes of at most 2.5 M multiply-adds a pass: 3x3 s2 16->32
+ *    at 32x32 0.025 / 0.021, 0.034 / 0.027, 0.021 / 0.022; ConvTranspose 4x4 s2 32->16 at 16x16
+ *    0.058 / 0.040, 0.071 / 0.031, 0.040 / 0.035; 4x4 s2 16->3 at 32x32 0.072 / 0.069, 0.022 /
+ *    0.019, 0.019 / 0.012;
+ *  - stride-1 layers of at most 1.2 M that Winograd does not take and whose gradients both suit
+ *    the direct kernels: 3x3 16->32 at 16x16 0.023-0.027 / 0.019-0.020, 0.024-0.031 /
  *    0.018-0.019, 0.024-0.029 / 0.021.
- * These are the built-in models' layers. End to end (partime bench, one stage, alternated pairs)
- * builtin:autoencoder ran 0.82-0.92x as fast in inference, builtin:classifier 0.87-1.31x in
+ * A first layer (few taps) keeps its plan, whose forward already runs on the direct kernel with
+ * the ReLU folded in (3x3 s2 3->16 at 64x64 0.035 / 0.036). These are the built-in models'
+ * layers. End to end (partime bench, one stage, alternated pairs) builtin:autoencoder ran
+ * 0.79-0.82x as fast in inference and 0.87-0.89x in training, builtin:classifier 0.87-1.31x in
  * inference and 1.00-1.23x in training; neither allocates a frame any more (28 and 17 times in
  * inference before, 140 and 48 in training). */
 static bool direct_small(const pt_conv_params *p, bool transpose) {
@@ -969,11 +970,13 @@ static bool direct_small(const pt_conv_params *p, bool transpose) {
   const int64_t macs = (int64_t)p->C * p->OC * p->KH * p->KW * pixels;
   if (macs > 2500000) return false;
   if (transpose) return pt_direct_transpose_fits(p);
+  /* a forward the plan already runs directly (few taps), folding its ReLU, keeps the plan */
+  if (pt_direct_few_taps(p)) return false;
   if (p->SH > 1 || p->SW > 1) return pt_direct_grad_fits(p);
-  /* stride 1: up to 1.2 M, where Winograd does not take it, both gradients suit the direct
-   * kernels, and the forward is not one the plan already runs directly (few taps) */
+  /* stride 1: up to 1.2 M, where Winograd does not take it and both gradients suit the direct
+   * kernels */
   return macs <= 1200000 && !winograd_suits(p) && pt_direct_weights_suit(p) &&
-         pt_direct_data_suits(p) && !pt_direct_few_taps(p);
+         pt_direct_data_suits(p);
 }
 
 unsigned pt_dnnl_conv_preferred(const pt_conv_params *p, bool transpose) {
