@@ -47,6 +47,12 @@ static int phase_cols(const pt_conv_params *p) {
   return (p->OW + 15) / 16 * 16 + (p->KW - 1) / p->SW;
 }
 
+/* The column phases a padded row keeps: those some tap reads (kw mod SW for kw < KW). A stride
+ * past the kernel's width leaves the other columns unread, however wide the stride. */
+static int phases(const pt_conv_params *p) {
+  return p->SW < p->KW ? p->SW : p->KW;
+}
+
 /* Whether the input itself can be read: no padding, stride 1 along rows, rows of whole vectors. */
 static bool in_place(const pt_conv_params *p) {
   return p->PT == 0 && p->PL == 0 && p->PB == 0 && p->PR == 0 && p->SW == 1 && p->OW % 16 == 0;
@@ -54,7 +60,7 @@ static bool in_place(const pt_conv_params *p) {
 
 /* The floats of the padded copy, at the start of the scratch; the weights follow. */
 static size_t pad_floats(const pt_conv_params *p) {
-  return in_place(p) ? 0 : (size_t)p->C * padded_rows(p) * p->SW * phase_cols(p);
+  return in_place(p) ? 0 : (size_t)p->C * padded_rows(p) * phases(p) * phase_cols(p);
 }
 
 int64_t pt_direct_scratch(const pt_conv_params *p) {
@@ -81,7 +87,7 @@ INLINE void put16(float *dst, v16 y, float bias, bool relu, bool add, int cols) 
 PT_CLONES static void direct_wide(float *out, const float *pad, int Hp, int Wq, const float *wt,
                                   const float *b, bool relu, bool add, const pt_conv_params *p) {
   const int C = p->C, KH = p->KH, KW = p->KW, OC = p->OC, OH = p->OH, OW = p->OW;
-  const int SH = p->SH, SW = p->SW, taps = C * KH * KW;
+  const int SH = p->SH, SW = p->SW, NP = phases(p), taps = C * KH * KW;
   for (int oc0 = 0; oc0 < OC; oc0 += 16) {
     const int nb = OC - oc0 < 16 ? OC - oc0 : 16;
     const float *wb = wt + (size_t)oc0 * taps;
@@ -92,8 +98,8 @@ PT_CLONES static void direct_wide(float *out, const float *pad, int Hp, int Wq, 
         const float *wk = wb;
         for (int c = 0; c < C; c++)
           for (int kh = 0; kh < KH; kh++) {
-            const float *row = pad + (size_t)(c * Hp + oy * SH + kh) * SW * Wq + ox0;
-            for (int ph = 0; ph < SW; ph++, row += Wq)
+            const float *row = pad + (size_t)(c * Hp + oy * SH + kh) * NP * Wq + ox0;
+            for (int ph = 0; ph < NP; ph++, row += Wq)
               for (int kw = ph, m = 0; kw < KW; kw += SW, m++, wk += 16) {
                 const v16 v = LOAD16(row + m);
                 for (int o = 0; o < 16; o++) acc[o] += wk[o] * v;
@@ -115,7 +121,7 @@ enum { NARROW = 4 };
 PT_CLONES static void direct_narrow(float *out, const float *pad, int Hp, int Wq, const float *wt,
                                     const float *b, bool relu, bool add, const pt_conv_params *p) {
   const int C = p->C, KH = p->KH, KW = p->KW, OC = p->OC, OH = p->OH, OW = p->OW;
-  const int SH = p->SH, SW = p->SW;
+  const int SH = p->SH, SW = p->SW, NP = phases(p);
   for (int oy0 = 0; oy0 < OH; oy0 += NARROW) {
     const int rows = OH - oy0 < NARROW ? OH - oy0 : NARROW;
     for (int ox0 = 0; ox0 < OW; ox0 += 16) {
@@ -128,9 +134,9 @@ PT_CLONES static void direct_narrow(float *out, const float *pad, int Hp, int Wq
           const float *row[NARROW];
           for (int r = 0; r < NARROW; r++) {
             const int oy = oy0 + (r < rows ? r : rows - 1);
-            row[r] = pad + (size_t)(c * Hp + oy * SH + kh) * SW * Wq + ox0;
+            row[r] = pad + (size_t)(c * Hp + oy * SH + kh) * NP * Wq + ox0;
           }
-          for (int ph = 0; ph < SW; ph++)
+          for (int ph = 0; ph < NP; ph++)
             for (int kw = ph, m = ph * Wq; kw < KW; kw += SW, m++, wk += 16) {
               v16 v[NARROW];
               for (int r = 0; r < NARROW; r++) v[r] = LOAD16(row[r] + m);
@@ -163,7 +169,7 @@ static void direct_image(float *out, const float *pad, int Hp, int Wq, const flo
     for (int oc0_ = 0; oc0_ < (p)->OC; oc0_ += 16)                                                 \
       for (int c_ = 0; c_ < (p)->C; c_++)                                                          \
         for (int kh_ = 0; kh_ < (p)->KH; kh_++)                                                    \
-          for (int ph_ = 0; ph_ < (p)->SW; ph_++)                                                  \
+          for (int ph_ = 0; ph_ < phases(p); ph_++)                                                \
             for (int kw_ = ph_; kw_ < (p)->KW; kw_ += (p)->SW, dst_ += 16)                         \
               for (int o_ = 0; o_ < 16; o_++)                                                      \
                 dst_[o_] = oc0_ + o_ < (p)->OC ? get(oc0_ + o_, c_, kh_, kw_) : 0.0f;              \
@@ -174,12 +180,13 @@ static void direct_image(float *out, const float *pad, int Hp, int Wq, const flo
 PT_CLONES static void pad_image(float *pad, const float *in, const pt_conv_params *p) {
   const int C = p->C, H = p->H, W = p->W, SW = p->SW, PL = p->PL;
   const int Hp = padded_rows(p), Wq = phase_cols(p);
-  const int lo = PL < 0 ? -PL : 0, hi = W < SW * Wq - PL ? W : SW * Wq - PL;
+  const int64_t span = (int64_t)SW * Wq - PL; /* padded columns a phase row holds */
+  const int lo = PL < 0 ? -PL : 0, hi = W < span ? W : (int)span, NP = phases(p);
   memset(pad, 0, sizeof(float) * pad_floats(p));
   if (hi <= lo) return;
-  for (int ph = 0; ph < SW; ph++) {
+  for (int ph = 0; ph < NP; ph++) {
     /* the phase's first column, then every SW-th */
-    const int ix0 = lo + ((ph - (lo + PL) % SW) % SW + SW) % SW;
+    const int64_t ix0 = lo + ((ph - (lo + PL) % SW) % SW + SW) % SW;
     if (ix0 >= hi) continue;
     const size_t at = (size_t)ph * Wq + (size_t)(ix0 + PL) / SW;
     for (int c = 0; c < C; c++)
@@ -187,13 +194,13 @@ PT_CLONES static void pad_image(float *pad, const float *in, const pt_conv_param
         const int py = iy + p->PT;
         if (py < 0 || py >= Hp) continue;
         const float *src = in + ((size_t)c * H + iy) * W;
-        float *d = pad + (size_t)(c * Hp + py) * SW * Wq + at;
+        float *d = pad + (size_t)(c * Hp + py) * NP * Wq + at;
         if (SW == 1) {
           memcpy(d, src + lo, sizeof(float) * (size_t)(hi - lo));
         } else if (SW == 2) { /* the common case, in vectors */
-          for (int ix = ix0; ix < hi; ix += 2) *d++ = src[ix];
+          for (int64_t ix = ix0; ix < hi; ix += 2) *d++ = src[ix];
         } else {
-          for (int ix = ix0; ix < hi; ix += SW) *d++ = src[ix];
+          for (int64_t ix = ix0; ix < hi; ix += SW) *d++ = src[ix];
         }
       }
   }
@@ -285,10 +292,10 @@ static phase data_phase(const pt_conv_params *p, int ry, int rx) {
   q->H = p->OH;
   q->W = p->OW;
   q->OC = p->C;
-  q->OH = ry < p->H ? (p->H - ry + p->SH - 1) / p->SH : 0;
-  q->OW = rx < p->W ? (p->W - rx + p->SW - 1) / p->SW : 0;
-  q->KH = f.kh0 < p->KH ? (p->KH - f.kh0 + p->SH - 1) / p->SH : 0;
-  q->KW = f.kw0 < p->KW ? (p->KW - f.kw0 + p->SW - 1) / p->SW : 0;
+  q->OH = ry < p->H ? (int)(((int64_t)p->H - ry + p->SH - 1) / p->SH) : 0;
+  q->OW = rx < p->W ? (int)(((int64_t)p->W - rx + p->SW - 1) / p->SW) : 0;
+  q->KH = f.kh0 < p->KH ? (int)(((int64_t)p->KH - f.kh0 + p->SH - 1) / p->SH) : 0;
+  q->KW = f.kw0 < p->KW ? (int)(((int64_t)p->KW - f.kw0 + p->SW - 1) / p->SW) : 0;
   q->PT = q->KH - 1 - a;
   q->PL = q->KW - 1 - b;
   q->PB = q->OH - 1 + a - (p->OH - 1);
@@ -304,18 +311,28 @@ static bool strided(const pt_conv_params *p) {
   return p->SH > 1 || p->SW > 1;
 }
 
-/* The input gradient of one image's row phase, when strided: SW column phases of C x rows x
- * cols floats, rows and cols the most any phase has, interleaved into din from there. */
+/* The input gradient of one image's row phase, when strided: its column phases (at most the
+ * input's width of them) of C x rows x cols floats, rows and cols the most any phase has,
+ * interleaved into din from there. */
+/* The phases that hold input pixels: a stride past the input's size leaves the rest empty. */
+static int col_phases(const pt_conv_params *p) {
+  return p->SW < p->W ? p->SW : p->W;
+}
+
+static int row_phases(const pt_conv_params *p) {
+  return p->SH < p->H ? p->SH : p->H;
+}
+
 static int64_t phase_rows(const pt_conv_params *p) {
-  return (p->H + p->SH - 1) / p->SH;
+  return ((int64_t)p->H + p->SH - 1) / p->SH;
 }
 
 static int64_t phase_cols_in(const pt_conv_params *p) {
-  return (p->W + p->SW - 1) / p->SW;
+  return ((int64_t)p->W + p->SW - 1) / p->SW;
 }
 
 static int64_t row_phase_floats(const pt_conv_params *p) {
-  return strided(p) ? (int64_t)p->SW * p->C * phase_rows(p) * phase_cols_in(p) : 0;
+  return strided(p) ? (int64_t)col_phases(p) * p->C * phase_rows(p) * phase_cols_in(p) : 0;
 }
 
 /* The row phases' buffer first, then the padded copy and the weights of the phase at work. */
@@ -329,16 +346,16 @@ typedef struct shared_pad {
 static shared_pad common_pad(const pt_conv_params *p) {
   shared_pad s = {0, 0, 0, 0};
   bool first = true;
-  for (int ry = 0; ry < p->SH; ry++)
-    for (int rx = 0; rx < p->SW; rx++) {
+  for (int ry = 0; ry < row_phases(p); ry++)
+    for (int rx = 0; rx < col_phases(p); rx++) {
       const phase f = data_phase(p, ry, rx);
       if (phase_empty(&f)) continue;
       if (first || f.q.PT > s.top) s.top = f.q.PT;
       if (first || f.q.PL > s.left) s.left = f.q.PL;
       first = false;
     }
-  for (int ry = 0; ry < p->SH; ry++)
-    for (int rx = 0; rx < p->SW; rx++) {
+  for (int ry = 0; ry < row_phases(p); ry++)
+    for (int rx = 0; rx < col_phases(p); rx++) {
       const phase f = data_phase(p, ry, rx);
       if (phase_empty(&f)) continue;
       const int rows = s.top - f.q.PT + f.q.OH + f.q.KH - 1,
@@ -353,8 +370,8 @@ static shared_pad common_pad(const pt_conv_params *p) {
  * stride 1: the one phase's padded copy and weights. */
 static int64_t data_scratch(const pt_conv_params *p) {
   int64_t most = 0;
-  for (int ry = 0; ry < p->SH; ry++)
-    for (int rx = 0; rx < p->SW; rx++) {
+  for (int ry = 0; ry < row_phases(p); ry++)
+    for (int rx = 0; rx < col_phases(p); rx++) {
       const phase f = data_phase(p, ry, rx);
       if (phase_empty(&f)) continue;
       const int64_t s = strided(p) ? pt_direct_scratch(&f.q) - (int64_t)pad_floats(&f.q)
@@ -433,9 +450,9 @@ void pt_direct_backward_data(float *din, const float *dout, const float *w, cons
         *wt = pad + (size_t)OC * s.rows * s.cols;
   for (int n = 0; n < p->N; n++) {
     pad_shared(pad, dout + (size_t)n * OC * p->OH * p->OW, p, &s);
-    for (int ry = 0; ry < p->SH; ry++) {
+    for (int ry = 0; ry < row_phases(p); ry++) {
       memset(rows, 0, sizeof(float) * (size_t)row_phase_floats(p));
-      for (int rx = 0; rx < p->SW; rx++) {
+      for (int rx = 0; rx < col_phases(p); rx++) {
         const phase f = data_phase(p, ry, rx);
         if (phase_empty(&f)) continue;
         const pt_conv_params *q = &f.q;
@@ -589,6 +606,8 @@ void pt_direct_backward_weights(float *dw, const float *dout, const float *in,
   const int C = p->C, H = p->H, W = p->W, OC = p->OC, KH = p->KH, KW = p->KW;
   const int OH = p->OH, OW = p->OW, Wp = W + p->PL + p->PR, KWC = KW * C;
   const int ocp = (int)wg_ocp(p);
+  /* floats between output pixels (a stride wider than the padded input leaves one pixel a row) */
+  const int step = OW > 1 ? p->SW * C : C;
   float *xp = scratch, *dyt = xp + wg_xp(p), *dwt = dyt + wg_dyt(p);
   memset(dwt, 0, sizeof(float) * (size_t)wg_dwt(p));
   if (OC < ocp) /* the lanes past OC: zero once, the images' gradients fill the rest */
@@ -614,8 +633,8 @@ void pt_direct_backward_weights(float *dw, const float *dout, const float *in,
       for (int kh = 0; kh < KH; kh++)
         for (int j0 = 0; j0 < KWC; j0 += per)
           wg_run(OB, KWC - j0 < per ? KWC - j0 : per, dwt + ((size_t)kh * KWC + j0) * ocp + b0 * 16,
-                 xp + (size_t)kh * Wp * C + j0, (size_t)p->SH * Wp * C, p->SW * C, dyt + b0 * 16,
-                 OH, OW, ocp);
+                 xp + (size_t)kh * Wp * C + j0, (size_t)p->SH * Wp * C, step, dyt + b0 * 16, OH, OW,
+                 ocp);
     }
   }
   for (int oc = 0; oc < OC; oc++)

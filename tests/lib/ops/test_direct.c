@@ -352,11 +352,21 @@ int main(void) {
       {strided(conv_test_shape(1, 16, 8, 8, 16, 2, 2, 0, 0, 0, 0, true), 2, 2),
        "2x2 s2 on 8x8: no overlap"},
       {strided(conv_test_shape(1, 4, 11, 10, 7, 3, 3, 1, 0, 1, 2, true), 1, 3), "3x3 strides 1x3"},
+      {strided(conv_test_shape(1, 3, 6, 5, 4, 3, 2, 1, 0, 1, 1, true), 1000, 1000),
+       "strides 1000x1000, past the input: one output pixel"},
   };
   for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
     check(&steps[i].p, steps[i].what);
     check_grads(&steps[i].p, steps[i].what);
   }
+  /* a stride wider than the input costs no scratch for the columns it skips (a fuzzed model:
+   * 1 x 20971519 had asked for 88 GB) */
+  const pt_conv_params far =
+      strided(conv_test_shape(1, 3, 6, 5, 4, 3, 2, 0, 0, 16, 0, true), 1, 20971519);
+  check(&far, "3x2 strides 1x20971519, pads 0,0,16,0");
+  CHECK(pt_conv2d_scratch(&far) < 100000 && pt_direct_grad_scratch(&steps[7].p) < 100000,
+        "strides past the input: scratch %lld and %lld floats", (long long)pt_conv2d_scratch(&far),
+        (long long)pt_direct_grad_scratch(&steps[7].p));
   const named transposes[] = {
       {convt(1, 32, 16, 16, 16, 4, 4, 2, 2, 1, 1, 1, 1, 0, true),
        "builtin:autoencoder's ConvTranspose 4x4 s2 32->16"},
