@@ -319,8 +319,15 @@ static int col_phases(const pt_conv_params *p) {
   return p->SW < p->W ? p->SW : p->W;
 }
 
-static int row_phases(const pt_conv_params *p) {
-  return p->SH < p->H ? p->SH : p->H;
+/* The phases that get kernel taps along an axis of stride S, kernel size K and leading pad: phase
+ * i < min(S, K) is the input offset r whose taps start at kernel offset i, (i - pad) mod S. It
+ * may fall past the input (then it is empty). At most K of them, however wide the stride. */
+static int tap_phases(int S, int K) {
+  return S < K ? S : K;
+}
+
+static int64_t phase_at(int i, int pad, int S) {
+  return (((int64_t)i - pad) % S + S) % S;
 }
 
 static int64_t phase_rows(const pt_conv_params *p) {
@@ -346,17 +353,21 @@ typedef struct shared_pad {
 static shared_pad common_pad(const pt_conv_params *p) {
   shared_pad s = {0, 0, 0, 0};
   bool first = true;
-  for (int ry = 0; ry < row_phases(p); ry++)
-    for (int rx = 0; rx < col_phases(p); rx++) {
-      const phase f = data_phase(p, ry, rx);
+  for (int ti = 0; ti < tap_phases(p->SH, p->KH); ti++)
+    for (int tj = 0; tj < tap_phases(p->SW, p->KW); tj++) {
+      const int64_t ry = phase_at(ti, p->PT, p->SH), rx = phase_at(tj, p->PL, p->SW);
+      if (ry >= p->H || rx >= p->W) continue;
+      const phase f = data_phase(p, (int)ry, (int)rx);
       if (phase_empty(&f)) continue;
       if (first || f.q.PT > s.top) s.top = f.q.PT;
       if (first || f.q.PL > s.left) s.left = f.q.PL;
       first = false;
     }
-  for (int ry = 0; ry < row_phases(p); ry++)
-    for (int rx = 0; rx < col_phases(p); rx++) {
-      const phase f = data_phase(p, ry, rx);
+  for (int ti = 0; ti < tap_phases(p->SH, p->KH); ti++)
+    for (int tj = 0; tj < tap_phases(p->SW, p->KW); tj++) {
+      const int64_t ry = phase_at(ti, p->PT, p->SH), rx = phase_at(tj, p->PL, p->SW);
+      if (ry >= p->H || rx >= p->W) continue;
+      const phase f = data_phase(p, (int)ry, (int)rx);
       if (phase_empty(&f)) continue;
       const int rows = s.top - f.q.PT + f.q.OH + f.q.KH - 1,
                 cols = s.left - f.q.PL + (f.q.OW + 15) / 16 * 16 + f.q.KW - 1;
@@ -370,9 +381,11 @@ static shared_pad common_pad(const pt_conv_params *p) {
  * stride 1: the one phase's padded copy and weights. */
 static int64_t data_scratch(const pt_conv_params *p) {
   int64_t most = 0;
-  for (int ry = 0; ry < row_phases(p); ry++)
-    for (int rx = 0; rx < col_phases(p); rx++) {
-      const phase f = data_phase(p, ry, rx);
+  for (int ti = 0; ti < tap_phases(p->SH, p->KH); ti++)
+    for (int tj = 0; tj < tap_phases(p->SW, p->KW); tj++) {
+      const int64_t ry = phase_at(ti, p->PT, p->SH), rx = phase_at(tj, p->PL, p->SW);
+      if (ry >= p->H || rx >= p->W) continue;
+      const phase f = data_phase(p, (int)ry, (int)rx);
       if (phase_empty(&f)) continue;
       const int64_t s = strided(p) ? pt_direct_scratch(&f.q) - (int64_t)pad_floats(&f.q)
                                    : pt_direct_scratch(&f.q);
@@ -450,10 +463,14 @@ void pt_direct_backward_data(float *din, const float *dout, const float *w, cons
         *wt = pad + (size_t)OC * s.rows * s.cols;
   for (int n = 0; n < p->N; n++) {
     pad_shared(pad, dout + (size_t)n * OC * p->OH * p->OW, p, &s);
-    for (int ry = 0; ry < row_phases(p); ry++) {
+    for (int ti = 0; ti < tap_phases(p->SH, p->KH); ti++) {
+      const int64_t ry = phase_at(ti, p->PT, p->SH);
+      if (ry >= p->H) continue;
       memset(rows, 0, sizeof(float) * (size_t)row_phase_floats(p));
-      for (int rx = 0; rx < col_phases(p); rx++) {
-        const phase f = data_phase(p, ry, rx);
+      for (int tj = 0; tj < tap_phases(p->SW, p->KW); tj++) {
+        const int64_t rx = phase_at(tj, p->PL, p->SW);
+        if (rx >= p->W) continue;
+        const phase f = data_phase(p, (int)ry, (int)rx);
         if (phase_empty(&f)) continue;
         const pt_conv_params *q = &f.q;
         phase_weights(wt, w, p, &f);
@@ -467,7 +484,7 @@ void pt_direct_backward_data(float *din, const float *dout, const float *w, cons
             memmove(t + ((size_t)c * R + i) * Q, t + (size_t)k * q->OW, sizeof(float) * q->OW);
           }
       }
-      interleave_add(din + (size_t)n * C * H * W, rows, p, ry);
+      interleave_add(din + (size_t)n * C * H * W, rows, p, (int)ry);
     }
   }
 }

@@ -376,6 +376,8 @@ int main(void) {
        "3x3 s2, output padding 1, batch 2: taps 2 and 1 per phase"},
       {convt(1, 17, 6, 11, 18, 3, 5, 1, 3, 0, 2, 1, 4, 0, true),
        "3x5 strides 1x3, asymmetric pads, 17 -> 18 ch"},
+      {convt(1, 1, 3, 3, 2, 3, 3, 3, 1000, 0, 0, 0, 0, 1, true),
+       "3x3 strides 3x1000, output padding 1: columns no tap reaches"},
   };
   for (size_t i = 0; i < sizeof transposes / sizeof transposes[0]; i++)
     check_transpose(&transposes[i].p, transposes[i].what);
