@@ -474,6 +474,10 @@ int64_t pt_conv_transpose2d_scratch(const pt_conv_params *p) {
 /* out (N, OC, OH, OW), in (N, C, H, W), w (C, OC/G, KH, KW), b (OC) or NULL. */
 void pt_conv_transpose2d_forward(float *out, const float *in, const float *w, const float *b,
                                  const pt_conv_params *p, float *scratch) {
+  if (pt_convt_direct(p)) {
+    pt_direct_transpose_forward(out, in, w, b, p, scratch);
+    return;
+  }
   const int G = p->G, Cg = p->C / G, OCg = p->OC / G;
   const int Kc = OCg * p->KH * p->KW; /* rows of the column buffer */
   const int64_t HW = (int64_t)p->H * p->W, OP = (int64_t)p->OH * p->OW;
@@ -481,10 +485,6 @@ void pt_conv_transpose2d_forward(float *out, const float *in, const float *w, co
   const pt_col_geom geom = pt_convt_geom(p);
   const int band = pt_convt_band(p);
 
-  if (pt_convt_direct(p)) {
-    pt_direct_transpose_forward(out, in, w, b, p, scratch);
-    return;
-  }
   /* col2im adds, and output positions no tap reaches (output_padding) must still be defined */
   if (!pointwise) memset(out, 0, sizeof(float) * (size_t)(p->N * (int64_t)p->OC * OP));
   for (int n = 0; n < p->N; n++) {

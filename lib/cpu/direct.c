@@ -226,12 +226,17 @@ static void direct_run(float *out, const float *in, const float *b, const pt_con
   }
 }
 
-void pt_direct_forward(float *out, const float *in, const float *w, const float *b,
-                       const pt_conv_params *p, bool relu, float *scratch) {
+/* The weights w (OC, C, KH, KW) of p laid out after its padded copy in scratch. */
+static void forward_weights(float *scratch, const float *w, const pt_conv_params *p) {
   const int C = p->C, KH = p->KH, KW = p->KW;
 #define FWD_W(oc, c, kh, kw) w[(((size_t)(oc)*C + (c)) * KH + (kh)) * KW + (kw)]
   LAY_OUT_WEIGHTS(scratch + pad_floats(p), p, FWD_W);
 #undef FWD_W
+}
+
+void pt_direct_forward(float *out, const float *in, const float *w, const float *b,
+                       const pt_conv_params *p, bool relu, float *scratch) {
+  forward_weights(scratch, w, p);
   direct_run(out, in, p->has_bias ? b : NULL, p, relu, false, scratch);
 }
 
@@ -275,13 +280,15 @@ bool pt_direct_data_suits(const pt_conv_params *p) {
  * what is read (direct_run's copy leaves those rows and columns out). */
 typedef struct phase {
   pt_conv_params q;
-  int kh0, kw0;
+  int ry, rx, kh0, kw0;
 } phase;
 
 static phase data_phase(const pt_conv_params *p, int ry, int rx) {
   phase f;
   pt_conv_params *q = &f.q;
   *q = *p;
+  f.ry = ry;
+  f.rx = rx;
   f.kh0 = (ry + p->PT) % p->SH;
   f.kw0 = (rx + p->PL) % p->SW;
   const int a = (ry + p->PT) / p->SH, b = (rx + p->PL) / p->SW;
@@ -330,6 +337,15 @@ static int64_t phase_at(int i, int pad, int S) {
   return (((int64_t)i - pad) % S + S) % S;
 }
 
+/* The phase whose taps start at kernel offsets (ti, tj) into f; false where it holds no pixel or
+ * no tap. */
+static bool tap_phase(const pt_conv_params *p, int ti, int tj, phase *f) {
+  const int64_t ry = phase_at(ti, p->PT, p->SH), rx = phase_at(tj, p->PL, p->SW);
+  if (ry >= p->H || rx >= p->W) return false;
+  *f = data_phase(p, (int)ry, (int)rx);
+  return !phase_empty(f);
+}
+
 static int64_t phase_rows(const pt_conv_params *p) {
   return ((int64_t)p->H + p->SH - 1) / p->SH;
 }
@@ -342,7 +358,6 @@ static int64_t row_phase_floats(const pt_conv_params *p) {
   return strided(p) ? (int64_t)col_phases(p) * p->C * phase_rows(p) * phase_cols_in(p) : 0;
 }
 
-/* The row phases' buffer first, then the padded copy and the weights of the phase at work. */
 /* The phases of a strided input gradient read one zero-padded copy of the output gradient,
  * padded by the most any phase needs: phase q starts top - q.PT rows and left - q.PL columns into
  * it. */
@@ -353,27 +368,20 @@ typedef struct shared_pad {
 static shared_pad common_pad(const pt_conv_params *p) {
   shared_pad s = {0, 0, 0, 0};
   bool first = true;
+  int below = 0, right = 0; /* rows and columns each phase reads past its own padding */
   for (int ti = 0; ti < tap_phases(p->SH, p->KH); ti++)
     for (int tj = 0; tj < tap_phases(p->SW, p->KW); tj++) {
-      const int64_t ry = phase_at(ti, p->PT, p->SH), rx = phase_at(tj, p->PL, p->SW);
-      if (ry >= p->H || rx >= p->W) continue;
-      const phase f = data_phase(p, (int)ry, (int)rx);
-      if (phase_empty(&f)) continue;
+      phase f;
+      if (!tap_phase(p, ti, tj, &f)) continue;
+      const int r = f.q.OH + f.q.KH - 1 - f.q.PT, c = (f.q.OW + 15) / 16 * 16 + f.q.KW - 1 - f.q.PL;
       if (first || f.q.PT > s.top) s.top = f.q.PT;
       if (first || f.q.PL > s.left) s.left = f.q.PL;
+      if (first || r > below) below = r;
+      if (first || c > right) right = c;
       first = false;
     }
-  for (int ti = 0; ti < tap_phases(p->SH, p->KH); ti++)
-    for (int tj = 0; tj < tap_phases(p->SW, p->KW); tj++) {
-      const int64_t ry = phase_at(ti, p->PT, p->SH), rx = phase_at(tj, p->PL, p->SW);
-      if (ry >= p->H || rx >= p->W) continue;
-      const phase f = data_phase(p, (int)ry, (int)rx);
-      if (phase_empty(&f)) continue;
-      const int rows = s.top - f.q.PT + f.q.OH + f.q.KH - 1,
-                cols = s.left - f.q.PL + (f.q.OW + 15) / 16 * 16 + f.q.KW - 1;
-      if (rows > s.rows) s.rows = rows;
-      if (cols > s.cols) s.cols = cols;
-    }
+  s.rows = s.top + below;
+  s.cols = s.left + right;
   return s;
 }
 
@@ -383,10 +391,8 @@ static int64_t data_scratch(const pt_conv_params *p) {
   int64_t most = 0;
   for (int ti = 0; ti < tap_phases(p->SH, p->KH); ti++)
     for (int tj = 0; tj < tap_phases(p->SW, p->KW); tj++) {
-      const int64_t ry = phase_at(ti, p->PT, p->SH), rx = phase_at(tj, p->PL, p->SW);
-      if (ry >= p->H || rx >= p->W) continue;
-      const phase f = data_phase(p, (int)ry, (int)rx);
-      if (phase_empty(&f)) continue;
+      phase f;
+      if (!tap_phase(p, ti, tj, &f)) continue;
       const int64_t s = strided(p) ? pt_direct_scratch(&f.q) - (int64_t)pad_floats(&f.q)
                                    : pt_direct_scratch(&f.q);
       if (s > most) most = s;
@@ -468,14 +474,12 @@ void pt_direct_backward_data(float *din, const float *dout, const float *w, cons
       if (ry >= p->H) continue;
       memset(rows, 0, sizeof(float) * (size_t)row_phase_floats(p));
       for (int tj = 0; tj < tap_phases(p->SW, p->KW); tj++) {
-        const int64_t rx = phase_at(tj, p->PL, p->SW);
-        if (rx >= p->W) continue;
-        const phase f = data_phase(p, (int)ry, (int)rx);
-        if (phase_empty(&f)) continue;
+        phase f;
+        if (!tap_phase(p, ti, tj, &f)) continue;
         const pt_conv_params *q = &f.q;
         phase_weights(wt, w, p, &f);
         /* into rows, as C planes of q->OH x q->OW, then spread over R x Q */
-        float *t = rows + (size_t)rx * C * R * Q;
+        float *t = rows + (size_t)f.rx * C * R * Q;
         direct_image(t, pad + (size_t)(s.top - q->PT) * s.cols + (s.left - q->PL), s.rows, s.cols,
                      wt, NULL, false, false, q);
         if (q->OW != Q || q->OH != R)
@@ -710,10 +714,7 @@ void pt_direct_transpose_backward(float *din, float *dw, const float *dout, cons
   const pt_conv_params c = transposed(p);
   if (dw) pt_direct_backward_weights(dw, in, dout, &c, scratch);
   if (din) {
-    const int C = c.C, KH = c.KH, KW = c.KW;
-#define FWD_W(oc, ch, kh, kw) w[(((size_t)(oc)*C + (ch)) * KH + (kh)) * KW + (kw)]
-    LAY_OUT_WEIGHTS(scratch + pad_floats(&c), &c, FWD_W);
-#undef FWD_W
+    forward_weights(scratch, w, &c);
     direct_run(din, dout, NULL, &c, false, true, scratch);
   }
 }
