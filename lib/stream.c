@@ -7,8 +7,19 @@
  * gradient stage j+1 wrote at tick k-1 from gbuf[(k-1)%2] and writes its own into gbuf[k%2] of
  * boundary j-1. So stage j may start tick k as soon as stages j-1 and j+1 have finished tick k-1:
  * a local dependency, no global barrier. Results therefore never depend on thread timing, and
- * running the stages of each tick one after another on one thread (threaded = false) is the exact
- * emulation of the threaded run.
+ * running every stage as far as it may go on one thread (threaded = false) is the exact emulation
+ * of the threaded run.
+ *
+ * Running ahead. What stage j does at tick k depends only on the frame that entered at tick k - j
+ * and on its neighbours' tick k-1, not on tick k having been issued. So on CPU stages, stage j
+ * runs tick k as soon as frame k - j has entered: once frame t is pushed, the stages work it
+ * through to the last one without waiting for more pushes, and its result is usually ready
+ * before the push that brings it out (pop still returns it at its tick, t + D - 1). The caller's
+ * own work between two pushes (a GStreamer round trip) then overlaps the later stages' compute
+ * instead of stalling every stage. Stage j stops at tick issued + j - 1, or at the tick the last
+ * frame leaves at (its horizon); waiting for idle (drain, flush, save) waits for every stage to
+ * reach it, so what a flush drops has been through every stage, and the state a flush or a save
+ * sees is the same on every run.
  *
  * Boundaries. Boundary j carries every value produced at or before stage j (or fed as the frame)
  * and read after it; the graph output counts as read after the last stage. A value crossing
@@ -798,9 +809,21 @@ static void tick(stage *g, int64_t k) {
     run_tick(g, k, td);
 }
 
+/* The ticks stage g may run, given `issued` and the tick the last frame entered: on CPU stages
+ * every tick whose frame (entered at k - j) has been issued, up to the one that brings the last
+ * frame out, so a later stage runs ahead of the pushes by j ticks at most and not into the
+ * drain's bubbles; on a GPU only issued ticks (a stage's exchange with its neighbours over NCCL
+ * belongs to the tick the neighbour runs). */
+static int64_t horizon(const pt_stream *s, const stage *g, int64_t issued, int64_t last_frame) {
+  if (s->cuda) return issued;
+  int64_t out = last_frame + s->D; /* one past the tick the last frame leaves at */
+  int64_t cap = out > issued ? out : issued;
+  return issued + g->j < cap ? issued + g->j : cap;
+}
+
 /* A stage may run tick k once stages j-1 and j+1 have finished tick k-1. Caller holds mu. */
 static bool ready(const pt_stream *s, const stage *g, int64_t k) {
-  if (k >= s->issued) return false;
+  if (k >= horizon(s, g, s->issued, s->last_frame_tick)) return false;
   if (g->j > 0 && s->st[g->j - 1].done < k) return false;
   if (g->j < s->D - 1 && s->st[g->j + 1].done < k) return false;
   return true;
@@ -825,7 +848,8 @@ static bool spin_until_ready(const pt_stream *s, const stage *g, int64_t k) {
   double until = pt_now_s() + PT_SPIN_NS * 1e-9;
   for (int i = 0;; i++) {
     if (__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) return false;
-    if (k < load64(&s->issued) && (g->j == 0 || load64(&s->st[g->j - 1].done) >= k) &&
+    if (k < horizon(s, g, load64(&s->issued), load64(&s->last_frame_tick)) &&
+        (g->j == 0 || load64(&s->st[g->j - 1].done) >= k) &&
         (g->j == s->D - 1 || load64(&s->st[g->j + 1].done) >= k))
       return true;
 #if defined(__x86_64__) || defined(__i386__)
@@ -898,7 +922,7 @@ static void issue_tick(pt_stream *s, int slot_index) {
   s->ticks[k % s->n_ticks_ring].train = s->train_on;
   s->ticks[k % s->n_ticks_ring].h = s->h;
   if (slot_index >= 0) {
-    s->last_frame_tick = k;
+    store64(&s->last_frame_tick, k);
     s->slots[slot_index].entry_tick = k;
   }
   store64(&s->issued, s->issued + 1);
@@ -907,13 +931,21 @@ static void issue_tick(pt_stream *s, int slot_index) {
     pthread_mutex_unlock(&s->mu);
     return;
   }
-  pthread_mutex_unlock(&s->mu);
-  for (int j = 0; j < s->D; j++) {
-    tick(&s->st[j], k);
-    pthread_mutex_lock(&s->mu);
-    finish_tick(&s->st[j], k);
-    pthread_mutex_unlock(&s->mu);
+  /* unthreaded: every tick the threads would run, each stage as far as it may go */
+  for (bool more = true; more;) {
+    more = false;
+    for (int j = 0; j < s->D; j++) {
+      stage *g = &s->st[j];
+      if (!ready(s, g, g->done)) continue;
+      int64_t t = g->done;
+      pthread_mutex_unlock(&s->mu);
+      tick(g, t);
+      pthread_mutex_lock(&s->mu);
+      finish_tick(g, t);
+      more = true;
+    }
   }
+  pthread_mutex_unlock(&s->mu);
 }
 
 static void wait_idle(pt_stream *s) {
@@ -921,7 +953,7 @@ static void wait_idle(pt_stream *s) {
   for (;;) {
     bool idle = true;
     for (int j = 0; j < s->D; j++)
-      if (s->st[j].done < s->issued) idle = false;
+      if (s->st[j].done < horizon(s, &s->st[j], s->issued, s->last_frame_tick)) idle = false;
     if (idle) break;
     pthread_cond_wait(&s->cv, &s->mu);
   }
@@ -1112,7 +1144,9 @@ pt_status pt_stream_pop(pt_stream *s, pt_result *r) {
     }
     pthread_cond_wait(&s->cv, &s->mu);
   }
-  if (sl->state != SLOT_DONE || sl->frame != s->next_pop) {
+  /* a frame computed ahead of the pushes still leaves at its tick, entry + D - 1 */
+  if (sl->state != SLOT_DONE || sl->frame != s->next_pop || sl->entry_tick < 0 ||
+      sl->entry_tick + s->D - 1 >= s->issued) {
     pthread_mutex_unlock(&s->mu);
     return PT_AGAIN;
   }
@@ -1155,7 +1189,7 @@ pt_status pt_stream_flush(pt_stream *s) {
   }
   if (s->cuda) pt_cuda_stream_reset(s);
   store64(&s->issued, 0);
-  s->last_frame_tick = -1;
+  store64(&s->last_frame_tick, -1);
   s->next_frame = 0;
   s->next_pop = 0;
   s->held = -1;
@@ -1172,8 +1206,13 @@ int pt_stream_in_flight(const pt_stream *s) {
   pt_stream *w = (pt_stream *)s;
   pthread_mutex_lock(&w->mu);
   int n = 0;
-  for (int i = 0; i < s->n_slots; i++)
-    if (s->slots[i].state == SLOT_IN_FLIGHT) n++;
+  for (int i = 0; i < s->n_slots; i++) {
+    const slot *sl = &s->slots[i];
+    /* a result computed ahead of its tick is still in flight */
+    if (sl->state == SLOT_IN_FLIGHT ||
+        (sl->state == SLOT_DONE && (sl->entry_tick < 0 || sl->entry_tick + s->D - 1 >= s->issued)))
+      n++;
+  }
   pthread_mutex_unlock(&w->mu);
   return n;
 }

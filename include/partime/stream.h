@@ -145,7 +145,8 @@ pt_status pt_stream_drain(pt_stream *s);
 pt_status pt_stream_flush(pt_stream *s);
 /* Number of stages D (frame t leaves at tick t + D - 1). */
 int pt_stream_depth(const pt_stream *s);
-/* Frames pushed whose results have not yet been produced. */
+/* Frames pushed that have not left yet: pop cannot return them before their tick (on CPU stages
+ * their results may already be computed, ahead of it). */
 int pt_stream_in_flight(const pt_stream *s);
 /* Switches training on or off at the next tick. */
 pt_status pt_stream_set_training(pt_stream *s, bool on);
