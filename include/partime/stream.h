@@ -169,7 +169,8 @@ typedef struct pt_stage_stats {
   double busy_s;           /* seconds spent computing */
   double predicted_s;      /* the partitioner's cost estimate per tick (seconds) */
   int64_t ticks;           /* ticks with a real frame */
-  int64_t done;            /* ticks this stage has finished (bubbles included) */
+  int64_t done;            /* ticks this stage has finished (bubbles included); a CPU stage j
+                            * may be up to j ticks ahead of the pushes */
   int64_t updates;         /* optimizer steps taken */
 } pt_stage_stats;
 
