@@ -1096,6 +1096,12 @@ pt_status pt_stream_push_device(pt_stream *s, const pt_device_frame *frame, cons
   return push(s, NULL, NULL, 0, frame, target, user);
 }
 
+/* Whether the frame in sl has reached its tick, entry + D - 1: only then may pop return it, even
+ * when stages running ahead have computed it already. Caller holds mu. */
+static bool due(const pt_stream *s, const slot *sl) {
+  return sl->entry_tick >= 0 && sl->entry_tick + s->D - 1 < s->issued;
+}
+
 /* A caller waiting in pop for a frame that finishes within PT_POP_SPIN_S spins rather than
  * sleeping, while a core is spare for it: the wake-up from a sleep costs 30-70 us here, up to a
  * tenth of a sub-millisecond tick. The frame entered at tick `entry` is out once the last stage
@@ -1133,7 +1139,7 @@ pt_status pt_stream_pop(pt_stream *s, pt_result *r) {
   /* wait for the frame only when the tick that finishes it has been issued */
   bool spun = false;
   while ((s->threaded || s->cuda) && sl->state == SLOT_IN_FLIGHT && sl->frame == s->next_pop &&
-         sl->entry_tick >= 0 && sl->entry_tick + s->D - 1 < s->issued) {
+         due(s, sl)) {
     if (s->pop_may_spin && !spun) {
       int64_t entry = sl->entry_tick;
       pthread_mutex_unlock(&s->mu);
@@ -1144,9 +1150,7 @@ pt_status pt_stream_pop(pt_stream *s, pt_result *r) {
     }
     pthread_cond_wait(&s->cv, &s->mu);
   }
-  /* a frame computed ahead of the pushes still leaves at its tick, entry + D - 1 */
-  if (sl->state != SLOT_DONE || sl->frame != s->next_pop || sl->entry_tick < 0 ||
-      sl->entry_tick + s->D - 1 >= s->issued) {
+  if (sl->state != SLOT_DONE || sl->frame != s->next_pop || !due(s, sl)) {
     pthread_mutex_unlock(&s->mu);
     return PT_AGAIN;
   }
@@ -1209,9 +1213,7 @@ int pt_stream_in_flight(const pt_stream *s) {
   for (int i = 0; i < s->n_slots; i++) {
     const slot *sl = &s->slots[i];
     /* a result computed ahead of its tick is still in flight */
-    if (sl->state == SLOT_IN_FLIGHT ||
-        (sl->state == SLOT_DONE && (sl->entry_tick < 0 || sl->entry_tick + s->D - 1 >= s->issued)))
-      n++;
+    if (sl->state == SLOT_IN_FLIGHT || (sl->state == SLOT_DONE && !due(s, sl))) n++;
   }
   pthread_mutex_unlock(&w->mu);
   return n;
