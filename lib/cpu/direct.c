@@ -47,10 +47,16 @@ static int phase_cols(const pt_conv_params *p) {
   return (p->OW + 15) / 16 * 16 + (p->KW - 1) / p->SW;
 }
 
-/* The column phases a padded row keeps: those some tap reads (kw mod SW for kw < KW). A stride
- * past the kernel's width leaves the other columns unread, however wide the stride. */
+/* The phases that get kernel taps along an axis of stride S and kernel size K: offsets i <
+ * min(S, K), whose taps are i, i + S, ... At most K of them, however wide the stride. */
+static int tap_phases(int S, int K) {
+  return S < K ? S : K;
+}
+
+/* The column phases a padded row keeps: those some tap reads. A stride past the kernel's width
+ * leaves the other columns unread. */
 static int phases(const pt_conv_params *p) {
-  return p->SW < p->KW ? p->SW : p->KW;
+  return tap_phases(p->SW, p->KW);
 }
 
 /* Whether the input itself can be read: no padding, stride 1 along rows, rows of whole vectors. */
@@ -318,21 +324,13 @@ static bool strided(const pt_conv_params *p) {
   return p->SH > 1 || p->SW > 1;
 }
 
-/* The input gradient of one image's row phase, when strided: its column phases (at most the
- * input's width of them) of C x rows x cols floats, rows and cols the most any phase has,
- * interleaved into din from there. */
 /* The phases that hold input pixels: a stride past the input's size leaves the rest empty. */
 static int col_phases(const pt_conv_params *p) {
   return p->SW < p->W ? p->SW : p->W;
 }
 
-/* The phases that get kernel taps along an axis of stride S, kernel size K and leading pad: phase
- * i < min(S, K) is the input offset r whose taps start at kernel offset i, (i - pad) mod S. It
- * may fall past the input (then it is empty). At most K of them, however wide the stride. */
-static int tap_phases(int S, int K) {
-  return S < K ? S : K;
-}
-
+/* The input offset r (mod S) of the phase whose taps start at kernel offset i < tap_phases(S, K),
+ * with a leading pad: (i - pad) mod S. It may fall past the input (then the phase is empty). */
 static int64_t phase_at(int i, int pad, int S) {
   return (((int64_t)i - pad) % S + S) % S;
 }
@@ -354,6 +352,9 @@ static int64_t phase_cols_in(const pt_conv_params *p) {
   return ((int64_t)p->W + p->SW - 1) / p->SW;
 }
 
+/* The input gradient of one image's row phase, when strided: its column phases (at most the
+ * input's width of them) of C x rows x cols floats, rows and cols the most any phase has,
+ * interleaved into din from there. */
 static int64_t row_phase_floats(const pt_conv_params *p) {
   return strided(p) ? (int64_t)col_phases(p) * p->C * phase_rows(p) * phase_cols_in(p) : 0;
 }
