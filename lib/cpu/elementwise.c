@@ -12,6 +12,7 @@
 #include <string.h>
 #include "ops.h"
 #include "../pointwise.h"
+#include "vec16.h"
 
 #define PT_INLINE static inline __attribute__((always_inline))
 
@@ -197,8 +198,9 @@ void pt_binary_backward(float *da, float *db, const float *dout, const float *a,
   }
 }
 
-/* out, in: n elements (out may be in). */
-void pt_unary_forward(float *out, const float *in, const pt_unary_params *p) {
+/* out, in: n elements (out may be in). Sigmoid's loop compiles to vector code (pt_exp_neg_f has
+ * no call in it), one copy per instruction set. */
+PT_CLONES void pt_unary_forward(float *out, const float *in, const pt_unary_params *p) {
   const int64_t n = p->n;
   const float alpha = p->alpha;
   switch (p->kind) {
@@ -219,8 +221,8 @@ void pt_unary_forward(float *out, const float *in, const pt_unary_params *p) {
 
 /* din, dout, in, out: n elements. Relu and LeakyRelu read the input, Sigmoid and Tanh the output
  * (recomputed from the input when out is NULL). */
-void pt_unary_backward(float *din, const float *dout, const float *in, const float *out,
-                       const pt_unary_params *p) {
+PT_CLONES void pt_unary_backward(float *din, const float *dout, const float *in, const float *out,
+                                 const pt_unary_params *p) {
   if (!din) return;
   const int64_t n = p->n;
   const float alpha = p->alpha;
