@@ -167,18 +167,28 @@ static void direct_image(float *out, const float *pad, int Hp, int Wq, const flo
     direct_wide(out, pad, Hp, Wq, wt, b, relu, add, p);
 }
 
-/* The weights (OC, C, KH, KW), read through get(w, oc, c, kh, kw), laid out for direct_image in
- * wt: [block of 16 output channels][c][kh][phase][tap of the phase][16], zeros past OC. */
-#define LAY_OUT_WEIGHTS(wt, p, get)                                                                \
+/* The weights (OC, C, KH, KW), read through get(oc, c, kh, kw), with output channel oc + 1 at
+ * ostride floats past oc, laid out for direct_image in wt: [block of 16 output channels][c][kh]
+ * [phase][tap of the phase][16], zeros past OC. The geometry is read once, before the loops (a
+ * store into wt could otherwise alias p). */
+#define LAY_OUT_WEIGHTS(wt, p, get, ostride)                                                       \
   do {                                                                                             \
+    const int OC_ = (p)->OC, C_ = (p)->C, KH_ = (p)->KH, KW_ = (p)->KW, SW_ = (p)->SW;             \
+    const int NP_ = phases(p);                                                                     \
+    const size_t os_ = (ostride);                                                                  \
     float *dst_ = (wt);                                                                            \
-    for (int oc0_ = 0; oc0_ < (p)->OC; oc0_ += 16)                                                 \
-      for (int c_ = 0; c_ < (p)->C; c_++)                                                          \
-        for (int kh_ = 0; kh_ < (p)->KH; kh_++)                                                    \
-          for (int ph_ = 0; ph_ < phases(p); ph_++)                                                \
-            for (int kw_ = ph_; kw_ < (p)->KW; kw_ += (p)->SW, dst_ += 16)                         \
-              for (int o_ = 0; o_ < 16; o_++)                                                      \
-                dst_[o_] = oc0_ + o_ < (p)->OC ? get(oc0_ + o_, c_, kh_, kw_) : 0.0f;              \
+    for (int oc0_ = 0; oc0_ < OC_; oc0_ += 16) {                                                   \
+      const int on_ = OC_ - oc0_ < 16 ? OC_ - oc0_ : 16;                                           \
+      for (int c_ = 0; c_ < C_; c_++)                                                              \
+        for (int kh_ = 0; kh_ < KH_; kh_++)                                                        \
+          for (int ph_ = 0; ph_ < NP_; ph_++)                                                      \
+            for (int kw_ = ph_; kw_ < KW_; kw_ += SW_, dst_ += 16) {                               \
+              const float *src_ = &get(oc0_, c_, kh_, kw_);                                        \
+              int o_ = 0;                                                                          \
+              for (; o_ < on_; o_++) dst_[o_] = src_[o_ * os_];                                    \
+              for (; o_ < 16; o_++) dst_[o_] = 0.0f;                                               \
+            }                                                                                      \
+    }                                                                                              \
   } while (0)
 
 /* One image's zero-padded copy: input column ix of row iy goes to phase (ix + PL) % SW, column
@@ -236,7 +246,7 @@ static void direct_run(float *out, const float *in, const float *b, const pt_con
 static void forward_weights(float *scratch, const float *w, const pt_conv_params *p) {
   const int C = p->C, KH = p->KH, KW = p->KW;
 #define FWD_W(oc, c, kh, kw) w[(((size_t)(oc)*C + (c)) * KH + (kh)) * KW + (kw)]
-  LAY_OUT_WEIGHTS(scratch + pad_floats(p), p, FWD_W);
+  LAY_OUT_WEIGHTS(scratch + pad_floats(p), p, FWD_W, (size_t)C * KH * KW);
 #undef FWD_W
 }
 
@@ -449,7 +459,7 @@ static void phase_weights(float *wt, const float *w, const pt_conv_params *p, co
 #define DATA_W(c, oc, kh, kw)                                                                      \
   w[(((size_t)(oc)*C + (c)) * KH + f->kh0 + SH * (qKH - 1 - (kh))) * KW + f->kw0 +                 \
     SW * (qKW - 1 - (kw))]
-  LAY_OUT_WEIGHTS(wt, q, DATA_W);
+  LAY_OUT_WEIGHTS(wt, q, DATA_W, (size_t)KH * KW);
 #undef DATA_W
 }
 
