@@ -587,12 +587,6 @@ void pt_stream_free(pt_stream *s) {
 /* ---- one stage, one tick ----------------------------------------------------------------------
  */
 
-static bool all_finite(const float *x, int64_t n) {
-  float acc = 0.0f;
-  for (int64_t i = 0; i < n; i++) acc += x[i] * 0.0f; /* NaN or Inf poisons the sum */
-  return acc == 0.0f;
-}
-
 static void restore_backup(stage *g) {
   if (!g->n_param_floats) return; /* a stage without parameters has nothing to restore */
   pt_model *m = g->s->m;
@@ -742,7 +736,7 @@ static void run_tick(stage *g, int64_t k, const tick_desc *td) {
     bool finite = true;
     for (int i = 0; i < g->x.n_params && finite; i++) {
       int v = g->x.params[i];
-      finite = all_finite(pt_exec_grad(&g->x, v), m->vals[v].numel);
+      finite = pt_all_finite(pt_exec_grad(&g->x, v), m->vals[v].numel);
     }
     if (in) { /* the gradient for the predecessor: own backward plus what passed through */
       float *gout = in->gbuf[cur];
@@ -759,7 +753,7 @@ static void run_tick(stage *g, int64_t k, const tick_desc *td) {
         if (oi >= 0)
           for (int64_t e = 0; e < nel; e++) dst[e] += delta[out->off[oi] + e];
       }
-      if (finite) finite = all_finite(gout, in->floats);
+      if (finite) finite = pt_all_finite(gout, in->floats);
       in->greal[cur] = finite;
     }
     if (finite) {

@@ -684,18 +684,6 @@ static void relu_pass(float *y, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] = pt_relu_f(y[i]);
 }
 
-/* No NaN or infinity among x's n floats: one pass over their bits, without an early exit so that
- * it vectorizes. */
-static bool all_finite(const float *x, int64_t n) {
-  uint32_t bad = 0;
-  for (int64_t i = 0; i < n; i++) {
-    uint32_t u;
-    memcpy(&u, x + i, sizeof u);
-    bad |= (u & 0x7f800000u) == 0x7f800000u;
-  }
-  return !bad;
-}
-
 static float *mem_data(dnnl_memory_t m, int64_t *n) {
   void *h = NULL;
   dnnl_memory_get_data_handle(m, &h);
@@ -720,7 +708,7 @@ static bool inputs_finite(pt_dnnl_conv *c, const float *in, const float *w, cons
   const pt_conv_params *p = &c->p;
   if (c->train || c->checked_w != w || c->checked_b != b) {
     const int64_t nw = (int64_t)p->OC * (p->C / p->G) * p->KH * p->KW;
-    c->params_finite = all_finite(w, nw) && (!b || all_finite(b, p->OC));
+    c->params_finite = pt_all_finite(w, nw) && (!b || pt_all_finite(b, p->OC));
     c->checked_w = w;
     c->checked_b = b;
   }
@@ -729,9 +717,9 @@ static bool inputs_finite(pt_dnnl_conv *c, const float *in, const float *w, cons
   if (c->src_shared) {
     int64_t n;
     const float *x = mem_data(c->bufs[buf_of(c, T_SRC)].mem, &n);
-    return all_finite(x, n);
+    return pt_all_finite(x, n);
   }
-  return all_finite(in, (int64_t)p->N * p->C * p->H * p->W);
+  return pt_all_finite(in, (int64_t)p->N * p->C * p->H * p->W);
 }
 
 void pt_dnnl_conv_forward(pt_dnnl_conv *c, float *out, const float *in, const float *w,

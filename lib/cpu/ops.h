@@ -210,6 +210,9 @@ void pt_binary_backward(float *da, float *db, const float *dout, const float *a,
 void pt_unary_forward(float *out, const float *in, const pt_unary_params *p);
 void pt_unary_backward(float *din, const float *dout, const float *in, const float *out,
                        const pt_unary_params *p);
+/* No NaN or infinity among x's n floats. */
+bool pt_all_finite(const float *x, int64_t n);
+
 void pt_copy_forward(float *out, const float *in, const pt_copy_params *p);
 void pt_copy_backward(float *din, const float *dout, const pt_copy_params *p);
 
