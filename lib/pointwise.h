@@ -129,15 +129,23 @@ PT_HD static inline void pt_adam_bias(float beta1, float beta2, int64_t t, float
 /* Squared error gradient of mean((y - t)^2) over n elements. */
 PT_HD static inline float pt_mse_b(float y, float t, float inv_n) { return 2.0f * (y - t) * inv_n; }
 
-/* mean((y - t)^2) over y, t (n), summed in order in double. */
+/* mean((y - t)^2) over y, t (n), in double: eight partial sums over i mod 8 (the tail into the
+ * first), added pairwise at the end. The order is fixed, so every caller gets the same bits, and
+ * the CPU's loop runs in vector code where one chain of adds ran an element per add's latency. */
 PT_HD static inline float pt_mse_f(const float *y, const float *t, int64_t n) {
   if (n <= 0) return 0.0f;
-  double s = 0.0;
-  for (int64_t i = 0; i < n; i++) {
+  double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++) {
+      const double d = (double)y[i + k] - t[i + k];
+      s[k] += d * d;
+    }
+  for (; i < n; i++) {
     const double d = (double)y[i] - t[i];
-    s += d * d;
+    s[0] += d * d;
   }
-  return (float)(s / (double)n);
+  return (float)((((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))) / (double)n);
 }
 
 /* Cross-entropy of one frame, y (C) logits or, when is_prob, probabilities, against class

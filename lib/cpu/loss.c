@@ -10,6 +10,7 @@
 #include <math.h>
 #include "ops.h"
 #include "../pointwise.h"
+#include "vec16.h"
 
 /* dout, out: (C). */
 float pt_cross_entropy(float *dout, const float *out, int64_t target, int C, bool out_is_prob) {
@@ -17,7 +18,7 @@ float pt_cross_entropy(float *dout, const float *out, int64_t target, int C, boo
 }
 
 /* dout, out, target: (n). */
-float pt_mse(float *dout, const float *out, const float *target, int64_t n) {
+PT_CLONES float pt_mse(float *dout, const float *out, const float *target, int64_t n) {
   if (n <= 0) return 0.0f;
   if (dout) {
     const float inv_n = 1.0f / (float)n;
