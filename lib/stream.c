@@ -815,14 +815,6 @@ static int64_t horizon(const pt_stream *s, const stage *g, int64_t issued, int64
   return issued + g->j < cap ? issued + g->j : cap;
 }
 
-/* A stage may run tick k once stages j-1 and j+1 have finished tick k-1. Caller holds mu. */
-static bool ready(const pt_stream *s, const stage *g, int64_t k) {
-  if (k >= horizon(s, g, s->issued, s->last_frame_tick)) return false;
-  if (g->j > 0 && s->st[g->j - 1].done < k) return false;
-  if (g->j < s->D - 1 && s->st[g->j + 1].done < k) return false;
-  return true;
-}
-
 /* The counters a spinning worker polls without the lock: written with release stores (under the
  * lock as well), read with acquire loads. */
 static int64_t load64(const int64_t *p) {
@@ -831,6 +823,15 @@ static int64_t load64(const int64_t *p) {
 
 static void store64(int64_t *p, int64_t v) {
   __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+/* A stage may run tick k once stages j-1 and j+1 have finished tick k-1. It reads the counters
+ * with acquire loads, so the polling loop calls it without the lock as well. */
+static bool ready(const pt_stream *s, const stage *g, int64_t k) {
+  if (k >= horizon(s, g, load64(&s->issued), load64(&s->last_frame_tick))) return false;
+  if (g->j > 0 && load64(&s->st[g->j - 1].done) < k) return false;
+  if (g->j < s->D - 1 && load64(&s->st[g->j + 1].done) < k) return false;
+  return true;
 }
 
 /* A CPU stage whose next tick is about to become ready spins for it rather than sleeping: a
@@ -842,10 +843,7 @@ static bool spin_until_ready(const pt_stream *s, const stage *g, int64_t k) {
   double until = pt_now_s() + PT_SPIN_NS * 1e-9;
   for (int i = 0;; i++) {
     if (__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) return false;
-    if (k < horizon(s, g, load64(&s->issued), load64(&s->last_frame_tick)) &&
-        (g->j == 0 || load64(&s->st[g->j - 1].done) >= k) &&
-        (g->j == s->D - 1 || load64(&s->st[g->j + 1].done) >= k))
-      return true;
+    if (ready(s, g, k)) return true;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
