@@ -4,6 +4,7 @@
  *
  * Usage: test_engine MODELS_DIR (the models written by make_models.py). */
 #define _GNU_SOURCE
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -975,6 +976,38 @@ static void test_spin_needs_own_core(void) {
   pt_model_free(m);
 }
 
+/* Stages compute with subnormal floats read as zero (DAZ) and results below the normal range
+ * written as zero (FTZ), threaded or not; the caller's thread keeps its own setting. A subnormal
+ * frame through x * 1 * 1 comes out as exactly 0. */
+static void test_subnormals_flushed(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  pt_model *m = load("scalar_2.onnx");
+  if (!m) return;
+  volatile float tiny = FLT_MIN / 4, one = 1.0f;
+  for (int D = 1; D <= 2; D++)
+    for (int threaded = 0; threaded <= 1; threaded++) {
+      pt_stream *s = open_stream(m, D, NULL, threaded, PT_LOSS_NONE, PT_OPT_SGD, 0);
+      if (!s) continue;
+      float x[2] = {tiny, 1.5f};
+      int left = 0;
+      for (int t = 0; t < 2 + D - 1; t++) {
+        pt_result r;
+        pt_stream_push(s, t < 2 ? &x[t] : &x[1], NULL, NULL);
+        if (pt_stream_pop(s, &r) != PT_OK || r.frame > 1) continue;
+        float want = r.frame == 0 ? 0.0f : 1.5f;
+        CHECK(r.output[0] == want, "D=%d threaded=%d: frame %lld gives %g (want %g)", D, threaded,
+              (long long)r.frame, r.output[0], want);
+        left++;
+      }
+      CHECK(left == 2, "D=%d threaded=%d: both frames left (%d)", D, threaded, left);
+      CHECK(tiny * one != 0.0f, "D=%d threaded=%d: the caller's thread still has subnormals", D,
+            threaded);
+      pt_stream_free(s);
+    }
+  pt_model_free(m);
+#endif
+}
+
 int main(int argc, char **argv) {
   dir = argc > 1 ? argv[1] : ".";
   test_poll_needs_a_spare_core();
@@ -989,6 +1022,7 @@ int main(int argc, char **argv) {
   test_guard();
   test_raw_and_hyper();
   test_split();
+  test_subnormals_flushed();
   test_soak();
   PT_TEST_END();
 }
