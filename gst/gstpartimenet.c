@@ -8,12 +8,12 @@
  * order: a frame goes out only when everything that arrived before it has.
  *
  * Input conversion (format, scaling, normalization) is real work, so it runs on stage 0's worker
- * and not on the streaming thread: the chain function only packs the frame, behind the
- * normalization in force when it arrived, into one block (RawHeader + pixels laid out as the
- * caps say) that the stream copies; stage 0 converts it with GstVideoConverter and normalizes it
- * (gst_partimenet_preprocess). The converter is shared with that worker, so the streaming thread
- * rebuilds it only when no raw frame waits for conversion: on a caps change after draining the
- * stream, or before a new stream's first frame.
+ * and not on the streaming thread: the chain function only copies the frame, behind the
+ * normalization in force when it arrived, straight into one of the stream's raw buffers
+ * (RawHeader + pixels laid out as the caps say); stage 0 converts it with GstVideoConverter and
+ * normalizes it (gst_partimenet_preprocess). The converter is shared with that worker, so the
+ * streaming thread rebuilds it only when no raw frame waits for conversion: on a caps change
+ * after draining the stream, or before a new stream's first frame.
  *
  * Threads. Properties and statistics live under the object lock. The engine (model + stream),
  * the queue and the staging block belong to the streaming thread (the sink pad's stream lock);
@@ -294,10 +294,7 @@ struct _GstPartimenet
   GstVideoInfo in_info;
   gboolean have_info;
   Converter conv;               /* shared with stage 0's worker, see above */
-  guint8 *raw;                  /* staging block: RawHeader, then the packed pixels */
-  gsize raw_size;               /* bytes used for the current caps */
-  gsize raw_alloc;
-  GstVideoFrame raw_frame;      /* the pixels of `raw` */
+  gsize raw_size;               /* bytes of a raw frame (RawHeader + pixels) of the caps */
   gfloat *probs;                /* n_classes */
   gfloat norm_a[4], norm_b[4];  /* the normalization frames get from now on */
 #ifdef HAVE_GST_CUDA
@@ -782,13 +779,12 @@ converter_clear (Converter * cv)
   memset (cv, 0, sizeof (*cv));
 }
 
-/* Drops the converter and the staging block. No raw frame may wait for conversion. */
+/* Drops the converter. No raw frame may wait for conversion. */
 static void
 gst_partimenet_free_converter (GstPartimenet * self)
 {
   converter_clear (&self->conv);
-  g_clear_pointer (&self->raw, g_free);
-  self->raw_size = self->raw_alloc = 0;
+  self->raw_size = 0;
 }
 
 /* Recomputes the per-channel affine map x * a + b from scale, mean and std; frames pushed from
@@ -888,13 +884,7 @@ gst_partimenet_setup_converter (GstPartimenet * self, GError ** error)
   }
 
   size = RAW_HEADER_SIZE + GST_VIDEO_INFO_SIZE (&cv->info);
-  if (size > self->raw_alloc) {
-    g_free (self->raw);
-    self->raw = g_malloc0 (size);
-    self->raw_alloc = size;
-  }
   self->raw_size = size;
-  frame_over_bytes (&self->raw_frame, &cv->info, self->raw + RAW_HEADER_SIZE);
   GST_OBJECT_LOCK (self);
   self->raw_hint = size;
   GST_OBJECT_UNLOCK (self);
@@ -953,19 +943,23 @@ gst_partimenet_preprocess (void *user, const void *raw, size_t n,
   }
 }
 
-/* Packs `buf` into the staging block behind the current normalization. */
+/* Copies `buf`, behind the current normalization, into the stream's next raw buffer; the chain
+ * function then commits it (pt_stream_raw_commit). One copy of the pixels, the only one the
+ * streaming thread makes. */
 static gboolean
 gst_partimenet_pack_frame (GstPartimenet * self, GstBuffer * buf)
 {
-  RawHeader *hdr = (RawHeader *) self->raw;
-  GstVideoFrame in;
+  guint8 *raw = pt_stream_raw_begin (self->eng->stream);
+  RawHeader *hdr = (RawHeader *) raw;
+  GstVideoFrame in, out;
   gboolean ok;
 
-  if (!gst_video_frame_map (&in, &self->in_info, buf, GST_MAP_READ))
+  if (!raw || !gst_video_frame_map (&in, &self->in_info, buf, GST_MAP_READ))
     return FALSE;
   memcpy (hdr->a, self->norm_a, sizeof (hdr->a));
   memcpy (hdr->b, self->norm_b, sizeof (hdr->b));
-  ok = gst_video_frame_copy (&self->raw_frame, &in);
+  frame_over_bytes (&out, &self->conv.info, raw + RAW_HEADER_SIZE);
+  ok = gst_video_frame_copy (&out, &in);
   gst_video_frame_unmap (&in);
   return ok;
 }
@@ -1942,8 +1936,7 @@ gst_partimenet_chain (GstPad * pad, GstObject * parent, GstBuffer * buf)
     gst_video_frame_unmap (&gpu_frame);
 #endif
   } else {
-    pushed = pt_stream_push_raw (self->eng->stream, self->raw, self->raw_size,
-        tp, buf);
+    pushed = pt_stream_raw_commit (self->eng->stream, self->raw_size, tp, buf);
   }
   if (pushed != PT_OK) {
     GST_ELEMENT_ERROR (self, STREAM, FAILED, ("The network failed on frame %"

@@ -505,6 +505,7 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
       goto fail;
     }
   }
+  s->raw_open = -1;
   for (int i = 0; i < PT_RAW_RING && o->raw_bytes; i++)
     if (!(s->raw[i] = malloc(o->raw_bytes))) {
       st = pt_error_set(err, PT_ERR_NOMEM, "out of memory allocating raw frame buffers");
@@ -1007,9 +1008,9 @@ static int take_slot(pt_stream *s, int64_t frame, pt_status *st) {
   return i;
 }
 
-/* Push of a float frame or (frame == NULL) of a raw one. */
-static pt_status push(pt_stream *s, const float *frame, const void *raw, size_t raw_n,
-                      const pt_device_frame *dev, const pt_target *target, void *user) {
+/* Push of a float frame, a device frame, or (both NULL) of the raw buffer s->raw_open holds. */
+static pt_status push(pt_stream *s, const float *frame, size_t raw_n, const pt_device_frame *dev,
+                      const pt_target *target, void *user) {
   if (target && s->o.train.loss == PT_LOSS_CROSS_ENTROPY &&
       (target->class_index < 0 || target->class_index >= s->out_classes))
     return fail(s, PT_ERR_INVALID, "push: class %lld is outside the model's %d classes",
@@ -1043,18 +1044,12 @@ static pt_status push(pt_stream *s, const float *frame, const void *raw, size_t 
     sl->on_device = true;
   } else if (frame) {
     memcpy(sl->input, frame, s->in_numel * sizeof(float));
-  } else if (s->o.train.loss == PT_LOSS_NEXT_FRAME) {
-    s->o.preprocess(s->o.preprocess_user, raw, raw_n, sl->input);
   } else {
-    /* a raw buffer frees once stage 0 has converted its frame: waiting here always ends */
-    int r = (int)(s->raw_next++ % PT_RAW_RING);
-    pthread_mutex_lock(&s->mu);
-    while (s->raw_busy[r]) pthread_cond_wait(&s->cv, &s->mu);
-    s->raw_busy[r] = true;
-    pthread_mutex_unlock(&s->mu);
-    memcpy(s->raw[r], raw, raw_n);
-    sl->raw = r;
+    sl->raw = s->raw_open;
     sl->raw_n = raw_n;
+    s->raw_open = -1;
+    /* with the next-frame loss the frame is another frame's target: converted now */
+    if (s->o.train.loss == PT_LOSS_NEXT_FRAME) pt_stream_convert_raw(s, sl);
   }
   if (target) {
     sl->cls = target->class_index;
@@ -1081,7 +1076,33 @@ static pt_status push(pt_stream *s, const float *frame, const void *raw, size_t 
 
 pt_status pt_stream_push(pt_stream *s, const float *frame, const pt_target *target, void *user) {
   if (!frame) return fail(s, PT_ERR_INVALID, "push: no frame");
-  return push(s, frame, NULL, 0, NULL, target, user);
+  return push(s, frame, 0, NULL, target, user);
+}
+
+void *pt_stream_raw_begin(pt_stream *s) {
+  if (!s->o.preprocess) {
+    fail(s, PT_ERR_STATE, "raw frames need a stream created with a preprocess function");
+    return NULL;
+  }
+  if (s->raw_open < 0) {
+    /* a raw buffer frees once stage 0 has converted its frame: waiting here always ends */
+    int r = (int)(s->raw_next++ % PT_RAW_RING);
+    pthread_mutex_lock(&s->mu);
+    while (s->raw_busy[r]) pthread_cond_wait(&s->cv, &s->mu);
+    s->raw_busy[r] = true;
+    pthread_mutex_unlock(&s->mu);
+    s->raw_open = r;
+  }
+  return s->raw[s->raw_open];
+}
+
+pt_status pt_stream_raw_commit(pt_stream *s, size_t n, const pt_target *target, void *user) {
+  if (s->raw_open < 0)
+    return fail(s, PT_ERR_STATE, "raw_commit: no buffer taken with pt_stream_raw_begin");
+  if (n > s->o.raw_bytes)
+    return fail(s, PT_ERR_INVALID, "raw_commit: a %zu-byte frame exceeds the %zu bytes configured",
+                n, s->o.raw_bytes);
+  return push(s, NULL, n, NULL, target, user);
 }
 
 pt_status pt_stream_push_raw(pt_stream *s, const void *raw, size_t n, const pt_target *target,
@@ -1091,7 +1112,8 @@ pt_status pt_stream_push_raw(pt_stream *s, const void *raw, size_t n, const pt_t
   if (n > s->o.raw_bytes)
     return fail(s, PT_ERR_INVALID, "push_raw: a %zu-byte frame exceeds the %zu bytes configured", n,
                 s->o.raw_bytes);
-  return push(s, NULL, raw, n, NULL, target, user);
+  memcpy(pt_stream_raw_begin(s), raw, n);
+  return pt_stream_raw_commit(s, n, target, user);
 }
 
 pt_status pt_stream_push_device(pt_stream *s, const pt_device_frame *frame, const pt_target *target,
@@ -1117,7 +1139,7 @@ pt_status pt_stream_push_device(pt_stream *s, const pt_device_frame *frame, cons
     if (frame->offset[c] < 0 || frame->offset[c] >= frame->pixel_stride)
       return fail(s, PT_ERR_INVALID, "push_device: channel %d's offset %d is outside a pixel", c,
                   frame->offset[c]);
-  return push(s, NULL, NULL, 0, frame, target, user);
+  return push(s, NULL, 0, frame, target, user);
 }
 
 /* Whether the frame in sl has reached its tick, entry + D - 1: only then may pop return it, even

@@ -117,6 +117,7 @@ struct pt_stream {
   unsigned char *raw[PT_RAW_RING];
   bool raw_busy[PT_RAW_RING];
   int64_t raw_next;
+  int raw_open; /* the raw buffer pt_stream_raw_begin handed out, not yet pushed; -1: none */
 
   tick_desc *ticks;
   int n_ticks_ring;

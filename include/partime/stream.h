@@ -98,6 +98,15 @@ pt_status pt_stream_push(pt_stream *s, const float *frame, const pt_target *targ
 pt_status pt_stream_push_raw(pt_stream *s, const void *raw, size_t n, const pt_target *target,
                              void *user);
 
+/* pt_stream_push_raw without the copy: the caller writes the frame straight into the stream's
+ * buffer. pt_stream_raw_begin returns that buffer (opts.raw_bytes bytes), waiting as push_raw
+ * does while four frames wait for conversion, or NULL when the stream has no preprocess function;
+ * it returns the same buffer again until a commit succeeds. pt_stream_raw_commit pushes the
+ * buffer's first n bytes as the next frame, as push_raw would; when it fails (PT_AGAIN included)
+ * the buffer and what it holds stay the caller's, to commit again. */
+void *pt_stream_raw_begin(pt_stream *s);
+pt_status pt_stream_raw_commit(pt_stream *s, size_t n, const pt_target *target, void *user);
+
 /* A frame already in GPU memory: 8-bit packed pixels (RGB, BGR, RGBA, BGRx, ...) at a CUDA
  * device pointer on the device of stage 0, for streams whose stages run on GPUs. Channel c of the
  * model's input reads the byte at offset[c] of each pixel: input[c][y][x] =

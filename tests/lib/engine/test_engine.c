@@ -637,6 +637,9 @@ static void test_raw_and_hyper(void) {
         "push_raw needs a preprocess function");
   CHECK(pt_stream_push_raw(sa, raw, in + 1, NULL, NULL) == PT_ERR_INVALID,
         "push_raw refuses a frame larger than raw_bytes");
+  CHECK(pt_stream_raw_begin(sb) == NULL, "raw_begin needs a preprocess function");
+  CHECK(pt_stream_raw_commit(sa, in, NULL, NULL) == PT_ERR_STATE,
+        "raw_commit needs a buffer from raw_begin");
   bool same = true;
   for (int t = 0; t < N + 1; t++) {
     if (t == N / 2) { /* lower the learning rate mid-stream in both */
@@ -645,8 +648,20 @@ static void test_raw_and_hyper(void) {
       CHECK(pt_stream_set_hyperparams(sa, -1, 0, 0) == PT_ERR_INVALID, "negative lr refused");
     }
     pt_target tg = {.class_index = t % 10};
-    if (t < N) {
+    if (t < N && t % 2 == 0) {
       pt_stream_push_raw(sa, raw + t * in, in, &tg, NULL);
+      pt_stream_push(sb, fl + t * in, &tg, NULL);
+    } else if (t < N) { /* odd frames written in place */
+      unsigned char *b = pt_stream_raw_begin(sa);
+      if (!b) break;
+      memcpy(b, raw + t * in, in);
+      if (t == 1) {
+        CHECK(pt_stream_raw_begin(sa) == b, "raw_begin hands out the same buffer until a commit");
+        CHECK(pt_stream_raw_commit(sa, in + 1, &tg, NULL) == PT_ERR_INVALID,
+              "raw_commit refuses a frame larger than raw_bytes");
+        CHECK(pt_stream_raw_begin(sa) == b, "and the buffer stays the caller's");
+      }
+      CHECK(pt_stream_raw_commit(sa, in, &tg, NULL) == PT_OK, "raw_commit of frame %d", t);
       pt_stream_push(sb, fl + t * in, &tg, NULL);
     } else {
       pt_stream_drain(sa);
