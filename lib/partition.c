@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 #include "exec.h"
+#include "fpenv.h"
 #include "partition.h"
 #include "split.h"
 
@@ -50,6 +51,8 @@ pt_status pt_measure_node_costs(pt_model *m, bool train, double *cost, pt_error 
     st = pt_error_set(err, PT_ERR_NOMEM, "%s: out of memory measuring node costs", m->name);
     goto out;
   }
+  /* timed as the stages will run them, subnormals flushed */
+  unsigned fp = pt_fp_flush_subnormals();
   for (int r = 0; r < REPS + 1; r++) { /* the first round warms caches and is not kept */
     for (int i = 0; i < m->n_nodes; i++) {
       double t0 = now_s();
@@ -68,6 +71,7 @@ pt_status pt_measure_node_costs(pt_model *m, bool train, double *cost, pt_error 
       }
     }
   }
+  pt_fp_restore(fp);
   for (int i = 0; i < m->n_nodes; i++) {
     qsort(t + i * REPS, REPS, sizeof *t, cmp_double);
     cost[i] = t[i * REPS + REPS / 2];

@@ -48,9 +48,7 @@
 #include "split.h"
 #include "stream_internal.h"
 #include "cpu/sgemm.h"
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#endif
+#include "fpenv.h"
 
 double pt_now_s(void) {
   struct timespec ts;
@@ -795,32 +793,6 @@ static void run_tick(stage *g, int64_t k, const tick_desc *td) {
   __atomic_store_n(&g->tick_ns, ns, __ATOMIC_RELAXED);
 }
 
-/* Subnormal floats (magnitude below 1.2e-38). An x86 core computes with them in microcode, about a
- * hundred times slower than with normal floats, and training drives values there: with
- * cross-entropy and Adam on `large`, tens of thousands of the gradients flowing back through the
- * convolutions are subnormal each frame after the first hundred, and a frame takes four times as
- * long. Stages therefore compute with FTZ (subnormal results become zero) and DAZ (subnormal inputs
- * read as zero) set in MXCSR, bits 15 and 6. Nothing a network computes depends on values that
- * small. The stage threads keep the setting; the caller's thread, when it runs ticks itself
- * (unthreaded), gets its own setting back after. */
-#if defined(__x86_64__) || defined(__i386__)
-static unsigned fp_flush_subnormals(void) {
-  unsigned prev = _mm_getcsr();
-  _mm_setcsr(prev | 0x8040u);
-  return prev;
-}
-static void fp_restore(unsigned prev) {
-  _mm_setcsr(prev);
-}
-#else
-static unsigned fp_flush_subnormals(void) {
-  return 0;
-}
-static void fp_restore(unsigned prev) {
-  (void)prev;
-}
-#endif
-
 /* Runs (CPU) or enqueues (CUDA) stage g's part of tick k. */
 static void tick(stage *g, int64_t k) {
   pt_stream *s = g->s;
@@ -906,7 +878,7 @@ static void *stage_main(void *arg) {
   stage *g = arg;
   pt_stream *s = g->s;
   pin(g);
-  fp_flush_subnormals();
+  pt_fp_flush_subnormals();
   bool spin = g->spin;
   pthread_mutex_lock(&s->mu);
   for (;;) {
@@ -955,7 +927,7 @@ static void issue_tick(pt_stream *s, int slot_index) {
     return;
   }
   /* unthreaded: every tick the threads would run, each stage as far as it may go */
-  unsigned fp = fp_flush_subnormals();
+  unsigned fp = pt_fp_flush_subnormals();
   for (bool more = true; more;) {
     more = false;
     for (int j = 0; j < s->D; j++) {
@@ -969,7 +941,7 @@ static void issue_tick(pt_stream *s, int slot_index) {
       more = true;
     }
   }
-  fp_restore(fp);
+  pt_fp_restore(fp);
   pthread_mutex_unlock(&s->mu);
 }
 
