@@ -15,8 +15,8 @@
  * streaming thread rebuilds it only when no raw frame waits for conversion: on a caps change
  * after draining the stream, or before a new stream's first frame.
  *
- * Threads. Properties and statistics live under the object lock. The engine (model + stream),
- * the queue and the staging block belong to the streaming thread (the sink pad's stream lock);
+ * Threads. Properties and statistics live under the object lock. The engine (model + stream)
+ * and the queue belong to the streaming thread (the sink pad's stream lock);
  * start and stop touch them only while the pads are inactive. Anything that must change the
  * engine while data flows is recorded under the object lock and applied by the streaming thread
  * at the next tick boundary: learning rate and momentum, and training on or off, go straight to
@@ -822,9 +822,9 @@ gst_partimenet_update_norm (GstPartimenet * self, GError ** error)
   return TRUE;
 }
 
-/* Builds the converter from the input caps to the model's picture, and the staging block raw
- * frames are packed into. Streaming thread, while no raw frame waits for conversion (the stream
- * drained, or new). */
+/* Builds the converter from the input caps to the model's picture, and sets the size of the raw
+ * frames the chain function writes into the stream. Streaming thread, while no raw frame waits
+ * for conversion (the stream drained, or new). */
 static gboolean
 gst_partimenet_setup_converter (GstPartimenet * self, GError ** error)
 {
