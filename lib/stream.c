@@ -381,7 +381,7 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
   s->threaded = o->threaded;
   s->cuda = gpus > 0;
   s->cores = usable_cores();
-  s->pop_may_spin = s->threaded && !s->cuda && D < s->cores;
+  s->pop_may_spin = s->threaded && !s->cuda && s->cores > 1 && D <= s->cores;
   s->train_on = o->train.enabled;
   s->h = (hyper){o->train.lr, o->train.momentum, o->train.weight_decay};
   s->held = -1;
@@ -836,6 +836,21 @@ static bool ready(const pt_stream *s, const stage *g, int64_t k) {
   return true;
 }
 
+/* One step of a polling loop: a pause, and every 64th step (a few microseconds) a look at the
+ * clock, false once past `until`, and a sched_yield. With as many stages as cores the caller of
+ * push and pop has no core of its own; the yield hands it the core of a polling thread as soon as
+ * it is runnable, where without it the caller waited out the poll or a preemption. When nothing
+ * else is runnable the yield returns at once. */
+static bool spin_step(int i, double until) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+  if ((i & 63) != 63) return true;
+  if (pt_now_s() > until) return false;
+  sched_yield();
+  return true;
+}
+
 /* A CPU stage whose next tick is about to become ready spins for it rather than sleeping: a
  * futex wake-up costs tens of microseconds here, a visible share of a sub-millisecond tick. It
  * spins only while every stage has a core of its own, and for at most PT_SPIN_NS. */
@@ -846,10 +861,7 @@ static bool spin_until_ready(const pt_stream *s, const stage *g, int64_t k) {
   for (int i = 0;; i++) {
     if (__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) return false;
     if (ready(s, g, k)) return true;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-    if ((i & 63) == 63 && pt_now_s() > until) return false;
+    if (!spin_step(i, until)) return false;
   }
 }
 
@@ -1121,9 +1133,11 @@ static bool due(const pt_stream *s, const slot *sl) {
 }
 
 /* A caller waiting in pop for a frame that finishes within PT_POP_SPIN_S spins rather than
- * sleeping, while a core is spare for it: the wake-up from a sleep costs 30-70 us here, up to a
- * tenth of a sub-millisecond tick. The frame entered at tick `entry` is out once the last stage
- * has done tick entry + D - 1. It gives up on a long tick, a stop, or after PT_POP_SPIN_S. */
+ * sleeping: the wake-up from a sleep costs 30-70 us here, up to a tenth of a sub-millisecond tick,
+ * and with as many stages as cores it also had to preempt a stage. It spins while there are no
+ * more stages than cores and more than one core (pop_may_spin), yielding its core to a runnable
+ * stage every few microseconds (spin_step). The frame entered at tick `entry` is out once the last
+ * stage has done tick entry + D - 1. It gives up on a long tick, a stop, or after PT_POP_SPIN_S. */
 #define PT_POP_SPIN_S 1e-3
 
 static void pop_spin(const pt_stream *s, int64_t entry) {
@@ -1137,10 +1151,7 @@ static void pop_spin(const pt_stream *s, int64_t entry) {
   double until = pt_now_s() + PT_POP_SPIN_S;
   for (int i = 0; load64(&last->done) < entry + s->D; i++) {
     if (__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) return;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-    if ((i & 63) == 63 && pt_now_s() > until) return;
+    if (!spin_step(i, until)) return;
   }
 }
 

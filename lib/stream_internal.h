@@ -109,7 +109,7 @@ struct pt_stream {
   bool stop;
   bool threaded;
   long cores;        /* cores this process may run on (its affinity mask), when it was created */
-  bool pop_may_spin; /* CPU stages with a core to spare for the caller (pt_stream_pop) */
+  bool pop_may_spin; /* CPU stages, no more than cores: the caller polls in pt_stream_pop */
   bool cuda;         /* every stage runs on a GPU (mixing CPU and GPU stages is refused) */
   struct pt_cuda_links *links; /* how a CUDA stream's boundaries cross devices (cuda/engine.c) */
   bool train_on;

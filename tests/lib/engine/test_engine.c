@@ -908,23 +908,32 @@ static void test_split(void) {
   pt_model_free(m);
 }
 
-/* A waiting caller polls only on a core the stages leave free: counted in the cores this process
- * may use, not the machine's (taskset, a container's cpuset). */
+/* A waiting caller polls while the stages take no more than the cores this process may use
+ * (taskset, a container's cpuset), not the machine's, and sleeps on a single core. */
+#ifdef __linux__
+static bool set_cores(const cpu_set_t *all, int n) {
+  cpu_set_t some;
+  CPU_ZERO(&some);
+  for (int c = 0, k = 0; c < CPU_SETSIZE && k < n; c++)
+    if (CPU_ISSET(c, all)) {
+      CPU_SET(c, &some);
+      k++;
+    }
+  return sched_setaffinity(0, sizeof some, &some) == 0;
+}
+#endif
+
 static void test_poll_needs_a_spare_core(void) {
 #ifdef __linux__
   pt_model *m = load("convnet.onnx");
   if (!m) return;
-  cpu_set_t all, one;
+  cpu_set_t all;
   if (sched_getaffinity(0, sizeof all, &all) != 0) {
     CHECK(0, "sched_getaffinity");
     pt_model_free(m);
     return;
   }
-  int first = 0;
-  while (!CPU_ISSET(first, &all)) first++;
-  CPU_ZERO(&one);
-  CPU_SET(first, &one);
-  if (sched_setaffinity(0, sizeof one, &one) != 0) {
+  if (!set_cores(&all, 1)) {
     CHECK(0, "sched_setaffinity");
     pt_model_free(m);
     return;
@@ -933,6 +942,15 @@ static void test_poll_needs_a_spare_core(void) {
   CHECK(s && s->cores == 1 && !s->pop_may_spin, "one usable core: the caller sleeps (%ld cores)",
         s ? s->cores : -1);
   pt_stream_free(s);
+  if (CPU_COUNT(&all) >= 2 && set_cores(&all, 2)) {
+    /* as many stages as cores: the caller polls, yielding to the stages */
+    for (int D = 1; D <= 3; D++) {
+      s = open_stream(m, D, NULL, true, PT_LOSS_NONE, PT_OPT_SGD, 0);
+      CHECK(s && s->cores == 2 && s->pop_may_spin == (D <= 2),
+            "two usable cores, %d stage(s): the caller %s", D, D <= 2 ? "polls" : "sleeps");
+      pt_stream_free(s);
+    }
+  }
   CHECK(sched_setaffinity(0, sizeof all, &all) == 0, "affinity restored");
   s = open_stream(m, 1, NULL, true, PT_LOSS_NONE, PT_OPT_SGD, 0);
   CHECK(s && s->cores == CPU_COUNT(&all) && s->pop_may_spin == (CPU_COUNT(&all) > 1),
