@@ -185,6 +185,22 @@ static pt_status parse_devices(const char *list, int want, device *dev, int *n, 
   return PT_OK;
 }
 
+/* How often the caller looks at its core, at first and at most (follow_caller). */
+#define PT_FOLLOW_TICKS 64
+#define PT_FOLLOW_MAX_TICKS 8192
+#define PT_FOLLOW_MARGIN 0.05
+
+/* Whether the stream picks the cores: no device list, or only plain "cpu" entries. */
+static bool cores_chosen(const char *list) {
+  for (const char *p = list; p && *p;) {
+    size_t len = strcspn(p, ",");
+    if (len != 3 || strncmp(p, "cpu", 3) != 0) return false;
+    p += len;
+    if (*p == ',') p++;
+  }
+  return true;
+}
+
 /* ---- construction -----------------------------------------------------------------------------
  */
 
@@ -493,6 +509,19 @@ pt_status pt_stream_new(pt_model *m, const pt_stream_opts *o, pt_stream **out, p
     for (int i = 0; i < D && g->spin; i++)
       if (i != j && g->core >= 0 && s->st[i].core == g->core) g->spin = false;
   }
+  s->follow = s->threaded && !s->cuda && D >= 2 && D == s->cores && cores_chosen(o->devices);
+  for (int j = 0; j < D; j++)
+    if (!isfinite(s->st[j].predicted_s)) s->follow = false;
+#ifdef __linux__
+  cpu_set_t mine;
+  if (s->follow && sched_getaffinity(0, sizeof mine, &mine) != 0) s->follow = false;
+  for (int j = 0; j < D && s->follow; j++) /* distinct cores, all of them the caller's */
+    if (s->st[j].core < 0 || !CPU_ISSET(s->st[j].core, &mine) || !s->st[j].spin) s->follow = false;
+#else
+  s->follow = false;
+#endif
+  s->follow_every = PT_FOLLOW_TICKS;
+  s->follow_next = PT_FOLLOW_TICKS;
   for (int i = 0; i < s->n_slots; i++) {
     slot *sl = &s->slots[i];
     sl->input = host_alloc(s, s->in_numel * sizeof(float));
@@ -886,6 +915,66 @@ static void pin(stage *g) {
 #endif
 }
 
+/* ---- the caller's core ---------------------------------------------------------------------
+ */
+
+/* With as many CPU stages as cores, the caller (the thread that pushes and pops: the tool's main
+ * thread, the element's streaming thread) shares a core with one stage, and its own work between
+ * pushes lands on that stage's core. It costs least beside the stage with the most slack, and most
+ * beside the slowest stage, which sets the tick. Where the caller runs is the kernel's choice and a
+ * polling caller stays put, so a stream that starts with the caller beside its slowest stage would
+ * stay that way. Every follow_every ticks the caller looks at its core: when the stage pinned
+ * there is predicted (by the cut's measured costs) to take more than PT_FOLLOW_MARGIN longer than
+ * the lightest stage, the two trade cores, and the interval doubles, so that a kernel moving the
+ * caller about cannot make the stages chase it. Measured tick times would not do: a stage's wall
+ * time grows with the caller's work on its core. Only cores the stream chose itself (devices
+ * "cpu", or none given) and a cut with costs (auto): a core named with "cpu:N" stays where the
+ * user put it. Results do not depend on it. */
+static bool set_core(pthread_t t, int core) {
+#ifdef __linux__
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(core, &set);
+  return pthread_setaffinity_np(t, sizeof set, &set) == 0;
+#else
+  return false;
+#endif
+}
+
+static void follow_caller(pt_stream *s) {
+#ifdef __linux__
+  if (!s->follow || s->issued < s->follow_next) return;
+  s->follow_next = s->issued + s->follow_every;
+  int here = -1, lightest = 0, cpu = sched_getcpu();
+  for (int j = 0; j < s->D; j++) {
+    if (load64(&s->st[j].done) == 0) return; /* not yet pinned itself */
+    if (s->st[j].core == cpu) here = j;
+    if (s->st[j].predicted_s < s->st[lightest].predicted_s) lightest = j;
+  }
+  if (here < 0 || here == lightest ||
+      s->st[here].predicted_s <= s->st[lightest].predicted_s * (1 + PT_FOLLOW_MARGIN))
+    return;
+  stage *a = &s->st[here], *b = &s->st[lightest];
+  if (!set_core(a->thread, b->core) || !set_core(b->thread, a->core)) {
+    set_core(a->thread, a->core);
+    set_core(b->thread, b->core);
+    s->follow = false;
+    pt_stream_log(s, PT_LOG_DEBUG, "stages %d and %d: could not trade cores", a->j, b->j);
+    return;
+  }
+  int c = a->core;
+  a->core = b->core;
+  b->core = c;
+  s->follow_swaps++;
+  if (s->follow_every < PT_FOLLOW_MAX_TICKS) s->follow_every *= 2;
+  pt_stream_log(s, PT_LOG_DEBUG,
+                "stage %d to core %d, the lighter stage %d to core %d beside the caller", a->j,
+                a->core, b->j, b->core);
+#else
+  (void)s;
+#endif
+}
+
 static void *stage_main(void *arg) {
   stage *g = arg;
   pt_stream *s = g->s;
@@ -936,6 +1025,7 @@ static void issue_tick(pt_stream *s, int slot_index) {
   if (s->threaded) {
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
+    follow_caller(s);
     return;
   }
   /* unthreaded: every tick the threads would run, each stage as far as it may go */

@@ -110,7 +110,12 @@ struct pt_stream {
   bool threaded;
   long cores;        /* cores this process may run on (its affinity mask), when it was created */
   bool pop_may_spin; /* CPU stages, no more than cores: the caller polls in pt_stream_pop */
-  bool cuda;         /* every stage runs on a GPU (mixing CPU and GPU stages is refused) */
+  /* As many CPU stages as cores, on cores the stream chose: stages trade cores so that the one
+   * with the most slack shares its core with the caller (follow_caller in stream.c). Caller's
+   * thread only. */
+  bool follow;
+  int64_t follow_next, follow_every, follow_swaps;
+  bool cuda; /* every stage runs on a GPU (mixing CPU and GPU stages is refused) */
   struct pt_cuda_links *links; /* how a CUDA stream's boundaries cross devices (cuda/engine.c) */
   bool train_on;
   hyper h;

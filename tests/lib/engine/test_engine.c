@@ -961,6 +961,99 @@ static void test_poll_needs_a_spare_core(void) {
 #endif
 }
 
+/* With as many stages as cores, the caller shares a core with one stage; the stages trade cores
+ * when the caller runs beside the stage predicted slowest, so that the lightest is beside it. Only
+ * for cores the stream chose, with a cut that has costs, on threads. Results stay the same. */
+static void test_stages_follow_caller(void) {
+#ifdef __linux__
+  pt_model *m = load("convnet.onnx");
+  if (!m) return;
+  cpu_set_t all, one;
+  if (sched_getaffinity(0, sizeof all, &all) != 0) {
+    CHECK(0, "sched_getaffinity");
+    pt_model_free(m);
+    return;
+  }
+  if (!CPU_ISSET(0, &all) || !CPU_ISSET(1, &all)) {
+    printf("(trading cores: needs cores 0 and 1, this process has %d core(s))\n", CPU_COUNT(&all));
+    pt_model_free(m);
+    return;
+  }
+  CPU_ZERO(&one);
+  CPU_SET(0, &one);
+  CPU_SET(1, &one);
+  CHECK(sched_setaffinity(0, sizeof one, &one) == 0, "restricted to cores 0 and 1");
+  struct {
+    const char *devices, *balance;
+    bool threaded, follow;
+  } when[] = {{NULL, NULL, true, true},
+              {"cpu,cpu", "auto", true, true},
+              {"cpu:0,cpu:1", NULL, true, false},
+              {NULL, "6,-1", true, false},
+              {NULL, NULL, false, false}};
+  for (size_t i = 0; i < sizeof when / sizeof when[0]; i++) {
+    pt_stream_opts o;
+    pt_stream_opts_init(&o);
+    o.stages = 2;
+    o.devices = when[i].devices;
+    o.balance = when[i].balance;
+    o.threaded = when[i].threaded;
+    pt_error err;
+    pt_stream *s = NULL;
+    CHECK(pt_stream_new(m, &o, &s, &err) == PT_OK && s->follow == when[i].follow,
+          "devices %s, balance %s, %s: stages %s the caller",
+          when[i].devices ? when[i].devices : "-", when[i].balance ? when[i].balance : "-",
+          when[i].threaded ? "threads" : "no threads",
+          when[i].follow ? "follow" : "stay, whatever the core of");
+    pt_stream_free(s);
+  }
+
+  /* the caller beside stage 1, predicted slower: the stages trade cores once */
+  run_out ro[2] = {{0}};
+  for (int threaded = 0; threaded < 2; threaded++) {
+    pt_model *mt = load("convnet.onnx"); /* training changes the weights: a fresh copy each */
+    pt_stream *s =
+        mt ? open_stream(mt, 2, "6,-1", threaded, PT_LOSS_CROSS_ENTROPY, PT_OPT_SGD, 1e-2f) : NULL;
+    if (!s) {
+      pt_model_free(mt);
+      break;
+    }
+    if (threaded) {
+      s->follow = true; /* a fixed cut has no costs: give it some */
+      s->st[0].predicted_s = 1e-3;
+      s->st[1].predicted_s = 2e-3;
+      CPU_ZERO(&one);
+      CPU_SET(s->st[1].core, &one);
+      CHECK(s->st[1].core == 1 && sched_setaffinity(0, sizeof one, &one) == 0,
+            "the caller on core 1, beside stage 1");
+    }
+    ro[threaded] = run_frames(mt, s, 300, 11, threaded ? "threads" : "no threads");
+    if (threaded) {
+      CHECK(s->follow_swaps == 1 && s->st[0].core == 1 && s->st[1].core == 0,
+            "stage 0 moved beside the caller, stage 1 away: %lld trade(s), cores %d and %d",
+            (long long)s->follow_swaps, s->st[0].core, s->st[1].core);
+      CPU_ZERO(&one);
+      CPU_SET(0, &one);
+      CPU_SET(1, &one);
+      CHECK(sched_setaffinity(0, sizeof one, &one) == 0, "the caller free again");
+    }
+    pt_stream_free(s);
+    pt_model_free(mt);
+  }
+  int64_t on = m->vals[m->output].numel;
+  CHECK(ro[0].outputs && ro[1].outputs &&
+            memcmp(ro[0].outputs, ro[1].outputs, sizeof(float) * 300 * on) == 0 &&
+            memcmp(ro[0].losses, ro[1].losses, sizeof(float) * 300) == 0,
+        "stages that traded cores give the outputs and losses of an unthreaded run");
+  for (int k = 0; k < 2; k++) {
+    free(ro[k].outputs);
+    free(ro[k].losses);
+  }
+  CHECK(sched_setaffinity(0, sizeof all, &all) == 0, "affinity restored");
+  pt_model_free(m);
+#endif
+}
+
 /* A stage spins for its next tick only on a core no other stage of the stream is pinned to: two
  * stages spinning by turns on one core would each hold the other up. Results stay the same. */
 static void test_spin_needs_own_core(void) {
@@ -1044,6 +1137,7 @@ static void test_subnormals_flushed(void) {
 int main(int argc, char **argv) {
   dir = argc > 1 ? argv[1] : ".";
   test_poll_needs_a_spare_core();
+  test_stages_follow_caller();
   test_spin_needs_own_core();
   test_tick_contract();
   test_lag();
