@@ -682,6 +682,29 @@ def goals(rows, have_ort, per_run):
 
 # ---------------------------------------------------------------------------------------------
 
+class Sizer:
+    """Frames per timed run: at least --frames, and enough that a run lasts --min-seconds at the
+    speed the same configuration showed before. A window of a few milliseconds (200 frames of
+    `small` at 7000 frames/s last 28 ms) times how the kernel first places the threads more than
+    the throughput. A configuration's first run, when it was too short, runs again long enough."""
+
+    def __init__(self, frames, min_s):
+        self.frames, self.min_s, self.n = frames, min_s, {}
+
+    def run(self, key, fn):
+        """fn(frames) returns (result, the fastest frames/s in it); gives back the result."""
+        n = self.n.get(key, self.frames)
+        res, fps = fn(n)
+        want = max(self.frames, math.ceil(self.min_s * fps))
+        if want > n and key not in self.n:
+            res, fps = fn(want)
+        self.n[key] = max(want, n)
+        return res
+
+    def summary(self):
+        return ", ".join(f"{'/'.join(str(x) for x in k)} {v}" for k, v in self.n.items())
+
+
 def summarise(values):
     return statistics.median(values), min(values), max(values)
 
@@ -697,6 +720,9 @@ def main():
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--frames", type=int, default=100, help="timed frames per run (default 100)")
     ap.add_argument("--runs", type=int, default=3, help="processes / runs per configuration")
+    ap.add_argument("--min-seconds", type=float, default=0.5,
+                    help="each timed run lasts at least this long: more frames where --frames"
+                    " would take less (default 0.5)")
     ap.add_argument("--quick", action="store_true", help="20 frames, 1 run: a smoke test")
     ap.add_argument("--csv", default="bench-results.csv",
                     help="write the rows to this CSV file (default: bench-results.csv)")
@@ -709,7 +735,8 @@ def main():
     global NO_INSTALL
     NO_INSTALL = a.no_install
     if a.quick:
-        a.frames, a.runs = 20, 1
+        a.frames, a.runs, a.min_seconds = 20, 1, 0.0
+    sizer = Sizer(a.frames, a.min_seconds)
     models = [m for m in a.models.split(",") if m]
     for m in models:
         if m not in MODELS:
@@ -795,27 +822,36 @@ def main():
             for _ in range(a.runs):
                 for contender, threads in peers:
                     if contender == "pytorch":
-                        res = run_worker("torch", threads, name=model, onnx=path, mode=mode,
-                                         frames=a.frames)
+                        res = sizer.run((model, mode, contender, threads), lambda n: (
+                            r := run_worker("torch", threads, name=model, onnx=path, mode=mode,
+                                            frames=n), r["fps"]))
                     else:
-                        res = run_worker("ort", threads, python=ort_python, name=model,
-                                         onnx=path, frames=a.frames)
+                        res = sizer.run((model, mode, contender, threads), lambda n: (
+                            r := run_worker("ort", threads, python=ort_python, name=model,
+                                            onnx=path, frames=n), r["fps"]))
                     peer_fps[(contender, threads)].append(res["fps"])
+
+                def tool_run(*args, **kw):
+                    return sizer.run((model, mode, "partime"), lambda n: (
+                        r := partime_bench(tool, path, n, train, *args, **kw),
+                        max(v[0] for v in r.values())))
                 # The independent streams: two one-stage streams at once, the two cores' ceiling.
-                runs.append(partime_bench(tool, path, a.frames, train, independent=True))
+                runs.append(tool_run(independent=True))
                 el_round = []
                 for stages in (1, 2):
                     if not el_on or el[stages] is None:
                         continue
                     try:
                         if element == "probe":
-                            fps = run_worker("element", stages, env=gst_env, build=build,
-                                             onnx=path, mode=mode, frames=a.frames,
-                                             size=f"{shape[3]}x{shape[2]}",
-                                             out_len=out_len)["fps"]
+                            fps = sizer.run((model, mode, "partimenet", stages), lambda n: (
+                                f := run_worker("element", stages, env=gst_env, build=build,
+                                                onnx=path, mode=mode, frames=n,
+                                                size=f"{shape[3]}x{shape[2]}",
+                                                out_len=out_len)["fps"], f))
                         else:
-                            fps = element_launch_fps(build, path, stages, a.frames, shape[3],
-                                                     shape[2])
+                            fps = sizer.run((model, mode, "partimenet", stages), lambda n: (
+                                f := element_launch_fps(build, path, stages, n, shape[3],
+                                                        shape[2]), f))
                         el_round.append((stages, fps))
                     except RuntimeError as e:
                         print(f"partimenet element: {model} {mode} {stages} stage(s) failed,"
@@ -825,13 +861,13 @@ def main():
                     # The tool once more right after the element: each element run is held
                     # against the geometric mean of the tool's runs just before and just after
                     # it, which cancels a drift that is steady over the minute they take.
-                    after = partime_bench(tool, path, a.frames, train)
+                    after = tool_run()
                     for stages, fps in el_round:
                         if el[stages] is not None:
                             el[stages].append((fps, math.sqrt(runs[-1][stages][0]
                                                               * after[stages][0])))
                 # Each stage on a CPU device of its own, stated explicitly.
-                pinned.append(partime_bench(tool, path, a.frames, train, "2", "cpu,cpu"))
+                pinned.append(tool_run("2", "cpu,cpu"))
             for contender, threads in peers:
                 # The best process is the peer's real capability; the spread is shown beside it.
                 add(model, mode, contender, threads, peer_fps[(contender, threads)], gflop,
@@ -866,7 +902,8 @@ def main():
                         vs_tool=statistics.median(ratios))
 
     print_table(rows)
-    print(f"\n{a.frames} timed frames per run after {WARMUP} warm-up frames, {a.runs} run(s) each;"
+    print(f"\nat least {a.frames} timed frames and {a.min_seconds:g} s per run, after {WARMUP}"
+          f" warm-up frames, {a.runs} run(s) each (frames per run: {sizer.summary()});"
           f" %sgemm: GFLOP/s over {sgemm['gflops']:.1f} GFLOP/s x the cores the configuration uses"
           f" (threads or stages); vs tool: element / `partime bench` frames/s at the same stages"
           f" (the geometric mean of the tool's runs just before and just after the element's),"
