@@ -174,7 +174,21 @@ typedef struct
   ItemKind kind;
   gpointer obj;                 /* GstBuffer or GstEvent, owned */
   guint64 index;                /* frame index (buffers) */
+  GstBuffer *tensor;            /* a frame's pooled output buffer, mapped: the stream writes
+                                 * the output there (pt_stream_set_output); owned, or NULL */
+  GstMapInfo map;
 } Item;
+
+/* Gives back the output buffer of a frame that leaves without its result. */
+static void
+item_drop_tensor (Item * it)
+{
+  if (it->tensor) {
+    gst_buffer_unmap (it->tensor, &it->map);
+    gst_buffer_unref (it->tensor);
+    it->tensor = NULL;
+  }
+}
 
 /* The settings a stream is built from, copied out of the properties. */
 typedef struct
@@ -1265,12 +1279,15 @@ gst_partimenet_post_result (GstPartimenet * self, GstBuffer * buf,
 
 /* Attaches the result to its buffer (made writable) and updates the statistics. */
 static GstBuffer *
-gst_partimenet_attach_result (GstPartimenet * self, GstBuffer * buf,
-    guint64 index, const pt_result * r)
+gst_partimenet_attach_result (GstPartimenet * self, Item * it,
+    const pt_result * r)
 {
   const Engine *e = self->eng;
+  GstBuffer *buf = it->obj;
+  guint64 index = it->index;
   GstPartimenetMeta *meta;
   GstBuffer *tensor = NULL;
+  gboolean in_place;
   gboolean post;
   guint top_k, interval;
   gint64 dims[GST_PARTIMENET_MAX_DIMS];
@@ -1293,16 +1310,24 @@ gst_partimenet_attach_result (GstPartimenet * self, GstBuffer * buf,
   ndim = MIN (e->out_shape.ndim, GST_PARTIMENET_MAX_DIMS);
   for (i = 0; i < ndim; i++)
     dims[i] = e->out_shape.d[i];
-  if (gst_buffer_pool_acquire_buffer (self->tensor_pool, &tensor,
+  /* the stream wrote the output into the frame's pooled buffer: no copy */
+  in_place = it->tensor && r->output == (const gfloat *) it->map.data;
+  if (in_place) {
+    tensor = it->tensor;
+    it->tensor = NULL;
+  } else if (gst_buffer_pool_acquire_buffer (self->tensor_pool, &tensor,
           NULL) == GST_FLOW_OK) {
     gst_buffer_fill (tensor, 0, r->output, e->out_numel * sizeof (gfloat));
-    gst_partimenet_meta_set_output (meta, tensor, (guint) ndim, dims);
   } else {
     GST_WARNING_OBJECT (self, "no buffer for the output tensor of frame %"
         G_GUINT64_FORMAT, index);
   }
   if (e->n_classes > 0 && top_k > 0)
     gst_partimenet_top_k (self, meta, r->output, top_k);
+  if (in_place)
+    gst_buffer_unmap (tensor, &it->map);
+  if (tensor)
+    gst_partimenet_meta_set_output (meta, tensor, (guint) ndim, dims);
 
 #ifdef USE_ANALYTICS_META
   if (meta->n_top > 0) {
@@ -1358,6 +1383,7 @@ combine_flow (GstFlowReturn acc, GstFlowReturn ret)
 static GstFlowReturn
 gst_partimenet_emit (GstPartimenet * self, Item * it, GstFlowReturn acc)
 {
+  item_drop_tensor (it);
   if (it->kind == ITEM_EVENT) {
     gst_pad_push_event (self->srcpad, GST_EVENT_CAST (it->obj));
     return acc;
@@ -1451,7 +1477,7 @@ gst_partimenet_collect (GstPartimenet * self, guint * n_popped)
         acc = gst_partimenet_emit (self, &it, acc);
         continue;
       }
-      it.obj = gst_partimenet_attach_result (self, it.obj, it.index, &r);
+      it.obj = gst_partimenet_attach_result (self, &it, &r);
       acc = gst_partimenet_emit (self, &it, acc);
       found = TRUE;
       break;
@@ -1534,6 +1560,7 @@ gst_partimenet_clear_items (GstPartimenet * self, gboolean resend_sticky)
   while (!gst_queue_array_is_empty (self->items)) {
     Item it = *(Item *) gst_queue_array_peek_head_struct (self->items);
     gst_queue_array_pop_head_struct (self->items);
+    item_drop_tensor (&it);
     if (it.kind == ITEM_EVENT) {
       GstEvent *ev = GST_EVENT_CAST (it.obj);
       /* caps and tags upstream will not send again must still reach downstream */
@@ -1834,7 +1861,7 @@ gst_partimenet_chain (GstPad * pad, GstObject * parent, GstBuffer * buf)
   GstPartimenetTargetMeta *tmeta;
   GstFlowReturn ret;
   pt_target target, *tp = NULL;
-  Item it;
+  Item it = { 0, };
   guint64 index;
   guint interval, popped = 0;
   gint64 t0;
@@ -1889,6 +1916,7 @@ gst_partimenet_chain (GstPad * pad, GstObject * parent, GstBuffer * buf)
       it.kind = ITEM_PASS;
       it.obj = buf;
       it.index = index;
+      it.tensor = NULL;
       gst_queue_array_push_tail_struct (self->items, &it);
       return combine_flow (ret, gst_partimenet_emit_ready (self, GST_FLOW_OK));
     }
@@ -1941,12 +1969,22 @@ gst_partimenet_chain (GstPad * pad, GstObject * parent, GstBuffer * buf)
     gst_video_frame_unmap (&gpu_frame);
 #endif
   } else {
+    /* the last stage writes the output straight into a pooled buffer of the frame's */
+    if (gst_buffer_pool_acquire_buffer (self->tensor_pool, &it.tensor,
+            NULL) == GST_FLOW_OK) {
+      if (gst_buffer_map (it.tensor, &it.map, GST_MAP_WRITE))
+        pt_stream_set_output (self->eng->stream, (gfloat *) it.map.data);
+      else
+        gst_clear_buffer (&it.tensor);
+    }
     pushed = pt_stream_raw_commit (self->eng->stream, self->raw_size, tp, buf);
   }
   if (pushed != PT_OK) {
     GST_ELEMENT_ERROR (self, STREAM, FAILED, ("The network failed on frame %"
             G_GUINT64_FORMAT ": %s", index,
             pt_stream_last_error (self->eng->stream)), (NULL));
+    pt_stream_set_output (self->eng->stream, NULL);
+    item_drop_tensor (&it);
     gst_buffer_unref (buf);
     return GST_FLOW_ERROR;
   }
@@ -1976,6 +2014,7 @@ gst_partimenet_queue_event (GstPartimenet * self, GstEvent * event)
   it.kind = ITEM_EVENT;
   it.obj = event;
   it.index = 0;
+  it.tensor = NULL;
   gst_queue_array_push_tail_struct (self->items, &it);
   return TRUE;
 }
@@ -2342,13 +2381,14 @@ gst_partimenet_stop (GstPartimenet * self)
 
   if (self->eng)
     gst_partimenet_save_checkpoint (self, "stop");
+  /* the stream first: its stage 0 may use the converter, and its last stage the frames' output
+   * buffers, until it stops */
+  g_clear_pointer (&self->eng, engine_free);
   gst_partimenet_clear_items (self, FALSE);
   if (self->items) {
     gst_queue_array_free (self->items);
     self->items = NULL;
   }
-  /* the stream first: its stage 0 may use the converter until it stops */
-  g_clear_pointer (&self->eng, engine_free);
   gst_partimenet_free_converter (self);
   g_clear_pointer (&self->probs, g_free);
   if (self->tensor_pool) {

@@ -737,7 +737,7 @@ static void run_tick(stage *g, int64_t k, const tick_desc *td) {
   const float *delta = NULL; /* gradient of this stage's outgoing values, packed like out */
   if (j == D - 1) {
     const float *o = out->buf[cur] + out->off[0];
-    memcpy(sl->output, o, s->out_numel * sizeof(float));
+    memcpy(sl->output_to ? sl->output_to : sl->output, o, s->out_numel * sizeof(float));
     float *dl = out->gbuf[cur];
     float loss = NAN;
     /* the loss is reported whenever a target exists, training or not (an anomaly score) */
@@ -1106,6 +1106,8 @@ static pt_status push(pt_stream *s, const float *frame, size_t raw_n, const pt_d
   sl->has_target = false;
   sl->raw = -1;
   sl->on_device = false;
+  sl->output_to = s->next_output;
+  s->next_output = NULL;
   if (dev) {
     pt_status ds = pt_cuda_stage_device_frame(s, i, dev);
     if (ds) {
@@ -1145,6 +1147,14 @@ static pt_status push(pt_stream *s, const float *frame, size_t raw_n, const pt_d
     return PT_OK;
   }
   issue_tick(s, i);
+  return PT_OK;
+}
+
+pt_status pt_stream_set_output(pt_stream *s, float *dst) {
+  if (s->cuda && dst)
+    return fail(s, PT_ERR_UNSUPPORTED,
+                "set_output: outputs of GPU stages come back through the stream's own memory");
+  s->next_output = dst;
   return PT_OK;
 }
 
@@ -1278,7 +1288,7 @@ pt_status pt_stream_pop(pt_stream *s, pt_result *r) {
   pthread_mutex_unlock(&s->mu);
   r->frame = sl->frame;
   r->user = sl->user;
-  r->output = sl->output;
+  r->output = sl->output_to ? sl->output_to : sl->output;
   r->loss = sl->loss;
   r->trained = sl->trained;
   r->step = sl->step;
@@ -1316,6 +1326,7 @@ pt_status pt_stream_flush(pt_stream *s) {
   s->next_frame = 0;
   s->next_pop = 0;
   s->held = -1;
+  s->next_output = NULL;
   pthread_cond_broadcast(&s->cv);
   pthread_mutex_unlock(&s->mu);
   return PT_OK;

@@ -27,6 +27,7 @@ typedef struct slot {
   bool has_target;
   bool on_device; /* the frame came from pt_stream_push_device: it waits on stage 0's device */
   float *output;
+  float *output_to; /* the caller's memory for the output (pt_stream_set_output), or NULL */
   float loss;
   bool trained;
   int64_t step;
@@ -122,7 +123,8 @@ struct pt_stream {
   unsigned char *raw[PT_RAW_RING];
   bool raw_busy[PT_RAW_RING];
   int64_t raw_next;
-  int raw_open; /* the raw buffer pt_stream_raw_begin handed out, not yet pushed; -1: none */
+  int raw_open;       /* the raw buffer pt_stream_raw_begin handed out, not yet pushed; -1: none */
+  float *next_output; /* pt_stream_set_output's memory for the next frame pushed, or NULL */
 
   tick_desc *ticks;
   int n_ticks_ring;

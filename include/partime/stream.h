@@ -107,6 +107,15 @@ pt_status pt_stream_push_raw(pt_stream *s, const void *raw, size_t n, const pt_t
 void *pt_stream_raw_begin(pt_stream *s);
 pt_status pt_stream_raw_commit(pt_stream *s, size_t n, const pt_target *target, void *user);
 
+/* Where the next frame pushed (by any push call) writes its output: pt_shape_numel(output) floats
+ * of the caller's, written by the last stage instead of the stream's own memory, and its result's
+ * output points there. The memory must stay valid and untouched until that result is popped, or
+ * until pt_stream_flush or pt_stream_free returns. It applies to one successful push; a failed
+ * push keeps it for the next; NULL cancels it. Saves the caller a copy of each output it keeps
+ * (the GStreamer element hands the memory of a pooled buffer). CPU stages only:
+ * PT_ERR_UNSUPPORTED on a stream of GPU stages. */
+pt_status pt_stream_set_output(pt_stream *s, float *dst);
+
 /* A frame already in GPU memory: 8-bit packed pixels (RGB, BGR, RGBA, BGRx, ...) at a CUDA
  * device pointer on the device of stage 0, for streams whose stages run on GPUs. Channel c of the
  * model's input reads the byte at offset[c] of each pixel: input[c][y][x] =

@@ -961,6 +961,77 @@ static void test_poll_needs_a_spare_core(void) {
 #endif
 }
 
+/* pt_stream_set_output: the last stage writes a frame's output into the caller's memory, the
+ * result points there, and the outputs are those of a run without it. A failed push keeps the
+ * memory for the next; NULL cancels it. */
+static void test_output_to_caller_memory(void) {
+  const int N = 40;
+  pt_model *ma = load("convnet.onnx"), *mb = load("convnet.onnx");
+  pt_stream *a =
+      ma ? open_stream(ma, 2, "6,-1", true, PT_LOSS_CROSS_ENTROPY, PT_OPT_SGD, 1e-2f) : NULL;
+  pt_stream *b =
+      mb ? open_stream(mb, 2, "6,-1", true, PT_LOSS_CROSS_ENTROPY, PT_OPT_SGD, 1e-2f) : NULL;
+  if (!a || !b) {
+    pt_stream_free(a);
+    pt_stream_free(b);
+    pt_model_free(ma);
+    pt_model_free(mb);
+    return;
+  }
+  int64_t in = ma->vals[ma->input].numel, on = ma->vals[ma->output].numel;
+  run_out ro = run_frames(ma, a, N, 5, "own memory");
+  /* the frames run_frames pushes, drifting alike */
+  float *x = frames(N, in, 5), *mine = calloc((size_t)(N * on), sizeof(float)),
+        *got = calloc((size_t)(N * on), sizeof(float)), *loss = calloc(N, sizeof(float));
+  for (int t = 1; t < N; t++)
+    for (int64_t i = 0; i < in; i++)
+      x[t * in + i] = 0.9f * x[(t - 1) * in + i] + 0.1f * x[t * in + i];
+  int n = 0, pointed = 0;
+  pt_result r;
+  for (int t = 0; t <= N; t++) {
+    if (t < N) {
+      if (t % 2) CHECK(pt_stream_set_output(b, mine + t * on) == PT_OK, "set_output");
+      if (t == 9) { /* a refused push keeps the memory for frame 9 */
+        pt_target bad = {.class_index = 1000};
+        CHECK(pt_stream_push(b, x + t * in, &bad, NULL) == PT_ERR_INVALID, "a bad class refused");
+      }
+      if (t == 12) { /* set, then cancelled: frame 12 uses the stream's memory */
+        CHECK(pt_stream_set_output(b, mine + 11 * on) == PT_OK &&
+                  pt_stream_set_output(b, NULL) == PT_OK,
+              "set_output NULL");
+      }
+      pt_target tg = {.class_index = (t / 7) % (int)on};
+      CHECK(pt_stream_push(b, x + t * in, &tg, NULL) == PT_OK, "push %d", t);
+    } else {
+      CHECK(pt_stream_drain(b) == PT_OK, "drain");
+    }
+    while (pt_stream_pop(b, &r) == PT_OK) {
+      bool to_mine = r.frame % 2 == 1;
+      if (r.output == (to_mine ? mine + r.frame * on : r.output) &&
+          (to_mine || r.output < mine || r.output >= mine + N * on))
+        pointed++;
+      memcpy(got + r.frame * on, r.output, sizeof(float) * on);
+      loss[r.frame] = r.loss;
+      n++;
+    }
+  }
+  CHECK(n == N && pointed == N, "%d of %d results, %d pointing where they were asked to", n, N,
+        pointed);
+  CHECK(ro.outputs && memcmp(got, ro.outputs, sizeof(float) * N * on) == 0 &&
+            memcmp(loss, ro.losses, sizeof(float) * N) == 0,
+        "outputs and losses through the caller's memory equal a run without it");
+  free(x);
+  free(mine);
+  free(got);
+  free(loss);
+  free(ro.outputs);
+  free(ro.losses);
+  pt_stream_free(a);
+  pt_stream_free(b);
+  pt_model_free(ma);
+  pt_model_free(mb);
+}
+
 /* With as many stages as cores, the caller shares a core with one stage; the stages trade cores
  * when the caller runs beside the stage predicted slowest, so that the lightest is beside it. Only
  * for cores the stream chose, with a cut that has costs, on threads. Results stay the same. */
@@ -1138,6 +1209,7 @@ int main(int argc, char **argv) {
   dir = argc > 1 ? argv[1] : ".";
   test_poll_needs_a_spare_core();
   test_stages_follow_caller();
+  test_output_to_caller_memory();
   test_spin_needs_own_core();
   test_tick_contract();
   test_lag();
