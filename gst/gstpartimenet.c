@@ -1916,7 +1916,6 @@ gst_partimenet_chain (GstPad * pad, GstObject * parent, GstBuffer * buf)
       it.kind = ITEM_PASS;
       it.obj = buf;
       it.index = index;
-      it.tensor = NULL;
       gst_queue_array_push_tail_struct (self->items, &it);
       return combine_flow (ret, gst_partimenet_emit_ready (self, GST_FLOW_OK));
     }
@@ -2007,14 +2006,12 @@ gst_partimenet_chain (GstPad * pad, GstObject * parent, GstBuffer * buf)
 static gboolean
 gst_partimenet_queue_event (GstPartimenet * self, GstEvent * event)
 {
-  Item it;
+  Item it = { 0, };
 
   if (!self->items || gst_queue_array_is_empty (self->items))
     return gst_pad_push_event (self->srcpad, event);
   it.kind = ITEM_EVENT;
   it.obj = event;
-  it.index = 0;
-  it.tensor = NULL;
   gst_queue_array_push_tail_struct (self->items, &it);
   return TRUE;
 }
